@@ -1,0 +1,81 @@
+"""The ``clgnet-fastmri`` command: one entry point, one module per subcommand.
+
+Each subcommand lives in the module that does its work; that module provides
+``add_arguments(parser)`` and ``run(args) -> int``. Modules are imported only when their
+subcommand is used, so ``clgnet-fastmri --help`` answers without importing torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Optional, Sequence
+
+from .errors import UserError
+
+# name -> (module, one-line help)
+COMMANDS = {
+    "make-data": (
+        "clgnet_fastmri.data.synthetic",
+        "write a synthetic dataset in the fastMRI HDF5 layout",
+    ),
+    "train": (
+        "clgnet_fastmri.train_clgnet_demo",
+        "train or test CLGNet (fastmri's train_unet_demo.py, for CLGNet on Lightning 2)",
+    ),
+    "evaluate": (
+        "clgnet_fastmri.evaluate",
+        "score reconstructions with the official fastMRI metrics (NMSE, PSNR, SSIM)",
+    ),
+}
+
+
+def _top_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clgnet-fastmri",
+        description="CLGNet for fastMRI: data, training, submission export and scoring.",
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return f"clgnet-fastmri {__version__}"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        _top_parser().print_help(sys.stderr)
+        return 2
+    if argv[0] not in COMMANDS:
+        _top_parser().parse_args(argv)  # --help, --version, or an error naming the command
+        return 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(
+        prog=f"clgnet-fastmri {name}",
+        description=help_text,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    module.add_arguments(parser)
+    args = parser.parse_args(rest)
+    try:
+        return int(module.run(args) or 0)
+    except UserError as exc:
+        print(f"clgnet-fastmri {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"clgnet-fastmri {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""Checks of fastMRI HDF5 files that turn a bad file into a message naming the file and the fix.
+
+fastmri itself fails deep inside h5py or ElementTree ("Element not found", "Unable to open
+file") without naming the file; these checks run first, so every entry point (training,
+predict, evaluate) reports problems the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import xml.etree.ElementTree as etree
+from pathlib import Path
+from typing import Iterator, List, Sequence, Union
+
+import h5py
+import numpy as np
+from fastmri.data.mri_data import et_query
+
+from ..errors import DataError
+
+CHALLENGES = ("singlecoil", "multicoil")
+TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
+
+# The header fields fastmri.data.SliceDataset reads, as et_query paths.
+HEADER_FIELDS = [
+    ["encoding", "encodedSpace", "matrixSize", axis] for axis in ("x", "y", "z")
+] + [
+    ["encoding", "reconSpace", "matrixSize", axis] for axis in ("x", "y", "z")
+] + [
+    ["encoding", "encodingLimits", "kspace_encoding_step_1", field]
+    for field in ("center", "maximum")
+]
+
+_NOT_FASTMRI = "fastMRI raw-data files hold 'kspace', 'ismrmrd_header' and a target"
+
+
+def check_challenge(challenge: str) -> str:
+    if challenge not in CHALLENGES:
+        raise ValueError(f"challenge must be one of {CHALLENGES}, not {challenge!r}")
+    return challenge
+
+
+@contextlib.contextmanager
+def open_h5(path: Union[str, os.PathLike]) -> Iterator[h5py.File]:
+    """Open an HDF5 file for reading, turning "missing" and "not HDF5" into a DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "file not found", "check the path")
+    try:
+        hf = h5py.File(path, "r")
+    except OSError:
+        raise DataError(
+            path,
+            "not a readable HDF5 file (truncated, corrupt, or another format)",
+            "re-download or regenerate it, or move it out of the folder",
+        ) from None
+    with hf:
+        yield hf
+
+
+def require_dataset(
+    hf: h5py.File, key: str, path: Path, ndims: Sequence[int], what: str
+) -> h5py.Dataset:
+    """Return ``hf[key]`` after checking that it exists and has one of ``ndims`` dimensions."""
+    if key not in hf or not isinstance(hf[key], h5py.Dataset):
+        raise DataError(path, f"has no '{key}' dataset", what)
+    data = hf[key]
+    if data.ndim not in ndims:
+        expected = " or ".join(str(n) for n in ndims)
+        raise DataError(path, f"'{key}' has {data.ndim} dimensions, expected {expected}", what)
+    return data
+
+
+def check_volume(
+    path: Union[str, os.PathLike], challenge: str, need_target: bool = False
+) -> int:
+    """Check that ``path`` is a fastMRI raw-data file fastmri can load; return its slice count.
+
+    Checks what ``fastmri.data.SliceDataset`` and its transforms rely on: a complex ``kspace``
+    of rank 3 (singlecoil: slices, rows, cols) or 4 (multicoil: slices, coils, rows, cols), an
+    ``ismrmrd_header`` with the encoding fields fastmri reads, a target of matching slice
+    count (required when ``need_target``), and a ``mask`` matching the k-space columns.
+    The k-space values themselves are checked when a slice is read (``check_finite``), since
+    reading every volume up front would cost a pass over the whole dataset.
+    """
+    path = Path(path)
+    check_challenge(challenge)
+    rank = 3 if challenge == "singlecoil" else 4
+    with open_h5(path) as hf:
+        kspace = require_dataset(hf, "kspace", path, (rank,), _kspace_hint(hf, challenge))
+        if not np.issubdtype(kspace.dtype, np.complexfloating):
+            raise DataError(
+                path,
+                f"'kspace' has dtype {kspace.dtype}, expected complex64",
+                "fastMRI k-space is stored as complex numbers",
+            )
+        num_slices, cols = kspace.shape[0], kspace.shape[-1]
+        if num_slices == 0 or min(kspace.shape[-2:]) < 2:
+            raise DataError(path, f"'kspace' has an empty shape {kspace.shape}")
+        _check_header(hf, path)
+        target_key = TARGET_KEYS[challenge]
+        if target_key in hf:
+            target = require_dataset(
+                hf, target_key, path, (3,), "targets are (slices, height, width) images"
+            )
+            if target.shape[0] != num_slices:
+                raise DataError(
+                    path,
+                    f"'{target_key}' has {target.shape[0]} slices but 'kspace' has {num_slices}",
+                    "the file is inconsistent; re-download or regenerate it",
+                )
+        elif need_target:
+            raise DataError(
+                path,
+                f"has no target '{target_key}'",
+                "training and validation need fully sampled files with targets; "
+                "test/challenge files belong in the test split",
+            )
+        if "mask" in hf:
+            mask = hf["mask"]
+            if not isinstance(mask, h5py.Dataset) or mask.shape != (cols,):
+                raise DataError(
+                    path,
+                    f"'mask' has shape {getattr(mask, 'shape', None)}, expected ({cols},)",
+                    "the mask must have one entry per k-space column",
+                )
+    return num_slices
+
+
+def _kspace_hint(hf: h5py.File, challenge: str) -> str:
+    if "kspace" not in hf:
+        return _NOT_FASTMRI
+    other = "multicoil" if challenge == "singlecoil" else "singlecoil"
+    return (
+        f"{challenge} k-space is "
+        + ("(slices, rows, cols)" if challenge == "singlecoil" else "(slices, coils, rows, cols)")
+        + f"; if this is {other} data, use --challenge {other}"
+    )
+
+
+def _check_header(hf: h5py.File, path: Path) -> None:
+    if "ismrmrd_header" not in hf:
+        raise DataError(path, "has no 'ismrmrd_header' dataset", _NOT_FASTMRI)
+    raw = hf["ismrmrd_header"][()]
+    try:
+        root = etree.fromstring(raw)
+    except (etree.ParseError, TypeError, ValueError):
+        raise DataError(
+            path, "'ismrmrd_header' is not valid XML", "re-download or regenerate the file"
+        ) from None
+    for field in HEADER_FIELDS:
+        name = "/".join(field)
+        try:
+            int(et_query(root, field))
+        except RuntimeError:
+            raise DataError(
+                path,
+                f"'ismrmrd_header' lacks {name}",
+                "fastmri needs the ISMRMRD encoding fields (and the ISMRMRD xmlns on the root)",
+            ) from None
+        except ValueError:
+            raise DataError(path, f"'ismrmrd_header' field {name} is not an integer") from None
+
+
+def check_finite(array: np.ndarray, path: Union[str, os.PathLike], what: str) -> None:
+    """Raise a DataError naming the file if ``array`` holds NaN or Inf."""
+    if not np.isfinite(array).all():
+        raise DataError(
+            path,
+            f"{what} contains NaN or Inf values",
+            "repair or remove the file (or train with --skip_bad_files)",
+        )
+
+
+def list_volumes(folder: Union[str, os.PathLike], what: str = "data") -> List[Path]:
+    """The visible files of ``folder``, sorted; an error when it is missing or holds none.
+
+    Hidden files (``.DS_Store``, the ``.*.partial`` files of an interrupted write) are left
+    out; every other file is returned, so that a stray non-HDF5 file is reported by the
+    per-file check instead of being silently ignored.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(folder, f"{what} folder not found", "check the path")
+    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    if not files:
+        raise DataError(folder, f"{what} folder holds no files", "check the path")
+    return files
+

@@ -1,0 +1,60 @@
+"""Writing outputs so that an interruption never leaves a half-written file behind."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator, Union
+
+from .errors import UserError
+
+
+def ensure_writable_dir(path: Union[str, os.PathLike]) -> Path:
+    """Create ``path`` (and parents) if needed and check that files can be written in it."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot create the output folder ({exc.strerror}); "
+            "choose a folder you can write to"
+        ) from None
+    if not path.is_dir():
+        raise UserError(f"{path}: exists and is not a folder; choose another output path")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{path}: the output folder is not writable; choose a folder you can write to"
+        )
+    return path
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    The temporary file lives in the same folder (so the final ``os.replace`` is atomic on
+    POSIX file systems) and starts with ``.`` and ends with ``.partial`` so that folder scans
+    for ``*.h5`` never pick it up. On any exception, including ``KeyboardInterrupt``, it is
+    removed. A process killed with SIGKILL can leave a ``.*.partial`` file, never a file
+    under the final name.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        # mkstemp creates the file private (0600); give the result the usual permissions.
+        os.chmod(tmp_path, 0o666 & ~_current_umask())
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise

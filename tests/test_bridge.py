@@ -1,0 +1,183 @@
+"""fastmri's MriModule loop on Lightning 2: CLGNetModule and fastmri's own baselines.
+
+The metrics the bridge logs come from fastmri's MriModule code, per volume: NMSE and PSNR
+from the volume's mean squared error (PSNR with the file's ``max`` attribute as peak), SSIM
+as the mean over slices with that peak. ``fastmri.evaluate`` computes the same quantities
+from whole saved volumes (peak = the target volume's maximum, which is what ``max`` holds).
+One difference remains, and it is fastmri's: during validation the target is the one
+``UnetDataTransform`` returns, clamped to 6 standard deviations of the zero-filled image, while
+``evaluate`` reads the raw target. The few clamped pixels move the numbers by well under 1 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+import torch
+from fastmri.data.subsample import RandomMaskFunc
+from fastmri.data.transforms import VarNetDataTransform
+from fastmri.evaluate import evaluate
+from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+from clgnet_fastmri.data.transforms import CLGNetDataTransform
+from clgnet_fastmri.pl_modules.bridge import UnetModule, VarNetModule
+from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule, cosine_factor
+from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
+from clgnet_fastmri.train_clgnet_demo import build_logger
+
+TINY_CLGNET = dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None, k_negatives=2)
+
+
+def data_module(
+    root: Path, challenge: str = "singlecoil", transform=CLGNetDataTransform, batch_size: int = 2
+):
+    """Validation and test both read the val split with the same seeded masks, so the saved
+    test reconstructions are exactly the validation outputs."""
+    mask = RandomMaskFunc([0.08], [4], seed=0)
+    make = (lambda m, seed: transform(challenge, m, use_seed=seed)) if transform is \
+        CLGNetDataTransform else (lambda m, seed: transform(m, use_seed=seed))
+    return CLGNetDataModule(
+        data_path=root,
+        challenge=challenge,
+        train_transform=make(mask, False),
+        val_transform=make(mask, True),
+        test_transform=make(mask, True),
+        test_split="val",
+        batch_size=batch_size,
+        num_workers=0,
+    )
+
+
+def trainer(root: Path, logger, **kwargs) -> pl.Trainer:
+    options = dict(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=1,
+        default_root_dir=root,
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def official(target_dir: Path, recon_dir: Path, key: str) -> dict:
+    args = argparse.Namespace(
+        target_path=target_dir, predictions_path=recon_dir, acquisition=None, acceleration=None
+    )
+    return evaluate(args, key).means()
+
+
+def assert_bridge_metrics_are_official(logged: dict, target_dir: Path, recon_dir: Path, key):
+    means = official(target_dir, recon_dir, key)
+    assert logged["val_metrics/nmse"] == pytest.approx(means["NMSE"], rel=5e-3)
+    assert logged["val_metrics/psnr"] == pytest.approx(means["PSNR"], abs=0.05)
+    assert logged["val_metrics/ssim"] == pytest.approx(float(np.squeeze(means["SSIM"])), abs=5e-3)
+
+
+@pytest.mark.parametrize(
+    "make_model",
+    [
+        lambda: CLGNetModule(**TINY_CLGNET),
+        lambda: UnetModule(chans=4, num_pool_layers=2),
+    ],
+    ids=["clgnet", "fastmri-unet"],
+)
+def test_fit_validate_test_and_metrics_equal_fastmri_evaluate(knee_data, tmp_path, make_model):
+    pl.seed_everything(0)
+    model = make_model()
+    dm = data_module(knee_data)
+    run = trainer(tmp_path, CSVLogger(tmp_path, name="logs"))
+    run.fit(model, datamodule=dm)
+    assert run.global_step == 3  # 2 train volumes x 3 slices, batch 2
+
+    logged = run.validate(model, datamodule=dm)[0]
+    run.test(model, datamodule=dm)
+    recon_dir = tmp_path / "reconstructions"
+    assert sorted(p.name for p in recon_dir.iterdir()) == sorted(
+        p.name for p in (knee_data / "singlecoil_val").iterdir()
+    )
+    assert_bridge_metrics_are_official(
+        logged, knee_data / "singlecoil_val", recon_dir, "reconstruction_esc"
+    )
+    metrics_csv = (Path(run.logger.log_dir) / "metrics.csv").read_text()
+    assert "val_metrics/ssim" in metrics_csv
+
+
+def test_clgnet_logs_loss_parts(knee_data, tmp_path):
+    model = CLGNetModule(**TINY_CLGNET)
+    run = trainer(tmp_path, CSVLogger(tmp_path, name="logs"))
+    run.fit(model, datamodule=data_module(knee_data))
+    header = (Path(run.logger.log_dir) / "metrics.csv").read_text().splitlines()[0]
+    for name in ("train_loss", "train_l1", "train_contrastive", "validation_loss"):
+        assert name in header
+
+
+def test_varnet_baseline_trains_through_bridge(multicoil_data, tmp_path):
+    model = VarNetModule(num_cascades=1, pools=2, chans=4, sens_pools=2, sens_chans=4)
+    # fastmri's VarNet takes one slice per batch.
+    dm = data_module(multicoil_data, "multicoil", transform=VarNetDataTransform, batch_size=1)
+    run = trainer(tmp_path, CSVLogger(tmp_path, name="logs"))
+    run.fit(model, datamodule=dm)
+    logged = run.validate(model, datamodule=dm)[0]
+    run.test(model, datamodule=dm)
+    assert_bridge_metrics_are_official(
+        logged, multicoil_data / "multicoil_val", tmp_path / "reconstructions",
+        "reconstruction_rss",
+    )
+
+
+def test_tensorboard_logger_gets_validation_images(knee_data, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = CLGNetModule(**TINY_CLGNET, num_log_images=2)
+    run = trainer(tmp_path, TensorBoardLogger(tmp_path, name="tb"))
+    run.fit(model, datamodule=data_module(knee_data))
+    events = EventAccumulator(run.logger.log_dir, size_guidance={"images": 0})
+    events.Reload()
+    images = events.Tags()["images"]
+    assert any(tag.endswith("/reconstruction") for tag in images)
+    assert any(tag.endswith("/error") for tag in images)
+    assert "val_metrics/psnr" in events.Tags()["scalars"]
+
+
+def test_csv_logger_path_runs_without_tensorboard(knee_data, tmp_path, monkeypatch):
+    # Make "import tensorboard" fail, as on a machine without it.
+    monkeypatch.setitem(sys.modules, "tensorboard", None)
+    logger = build_logger(None, tmp_path)
+    assert isinstance(logger, CSVLogger)
+    model = CLGNetModule(**TINY_CLGNET, num_log_images=4)
+    run = trainer(tmp_path, logger)
+    run.fit(model, datamodule=data_module(knee_data))
+    assert "val_metrics/nmse" in (Path(logger.log_dir) / "metrics.csv").read_text()
+
+
+def test_checkpoint_holds_no_vgg_and_loads_safely(knee_data, tmp_path):
+    model = CLGNetModule(**TINY_CLGNET)
+    run = trainer(tmp_path, False, enable_checkpointing=True)
+    run.fit(model, datamodule=data_module(knee_data))
+    path = tmp_path / "model.ckpt"
+    run.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert not [key for key in state if key.startswith("loss")]
+    loaded = CLGNetModule.load_from_checkpoint(path, weights_only=True)
+    assert loaded.loss is None  # no VGG needed to evaluate or predict
+    image = torch.randn(1, 32, 32)
+    model.eval(), loaded.eval()
+    torch.testing.assert_close(loaded(image), model(image))
+
+
+def test_cosine_schedule_ends_at_min_ratio():
+    assert cosine_factor(0, 100, 0.01) == pytest.approx(1.0)
+    assert cosine_factor(50, 100, 0.01) == pytest.approx(0.505)
+    assert cosine_factor(100, 100, 0.01) == pytest.approx(0.01)
+    assert cosine_factor(150, 100, 0.01) == pytest.approx(0.01)
