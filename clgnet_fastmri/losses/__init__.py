@@ -1,0 +1,31 @@
+"""Losses of CLGNet: L1 + alpha * contrastive loss in a frozen VGG19 feature space."""
+
+from .contrastive import (
+    DEFAULT_LAYER_WEIGHTS,
+    CLGNetLoss,
+    ContrastiveLoss,
+    LossParts,
+)
+from .vgg import (
+    IMAGENET_FILE_NAME,
+    IMAGENET_URL,
+    LAYER_NAMES,
+    VGG19Features,
+    imagenet_weights_available,
+    imagenet_weights_path,
+    load_vgg19_state_dict,
+)
+
+__all__ = [
+    "CLGNetLoss",
+    "ContrastiveLoss",
+    "DEFAULT_LAYER_WEIGHTS",
+    "IMAGENET_FILE_NAME",
+    "IMAGENET_URL",
+    "LAYER_NAMES",
+    "LossParts",
+    "VGG19Features",
+    "imagenet_weights_available",
+    "imagenet_weights_path",
+    "load_vgg19_state_dict",
+]
