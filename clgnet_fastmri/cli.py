@@ -24,6 +24,10 @@ COMMANDS = {
         "clgnet_fastmri.train_clgnet_demo",
         "train or test CLGNet (fastmri's train_unet_demo.py, for CLGNet on Lightning 2)",
     ),
+    "predict": (
+        "clgnet_fastmri.predict",
+        "reconstruct a test/challenge folder into a checked leaderboard submission (+ zip)",
+    ),
     "evaluate": (
         "clgnet_fastmri.evaluate",
         "score reconstructions with the official fastMRI metrics (NMSE, PSNR, SSIM)",

@@ -40,9 +40,10 @@ class EvaluationResult:
     stats: Dict[str, Statistics] = field(default_factory=dict)
 
     def add(self, name: str, values: Mapping[str, float]) -> None:
-        self.volumes[name] = {k: float(v) for k, v in values.items()}
-        for metric, value in values.items():
-            self.stats.setdefault(metric, Statistics()).push(float(value))
+        # fastmri's ssim returns a 1-element array (what breaks `python -m fastmri.evaluate`).
+        self.volumes[name] = {k: float(np.squeeze(v)) for k, v in values.items()}
+        for metric, value in self.volumes[name].items():
+            self.stats.setdefault(metric, Statistics()).push(value)
 
     def means(self) -> Dict[str, float]:
         return {metric: stat.mean() for metric, stat in self.stats.items()}

@@ -24,11 +24,13 @@ from fastmri.data.subsample import create_mask_for_mask_type
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
-from .data.checks import TARGET_KEYS, open_h5
+from .data.checks import TARGET_KEYS, target_folder
+from .data.mri_data import CheckedSliceDataset
 from .data.synthetic import make_dataset
 from .data.transforms import CLGNetDataTransform
 from .errors import UserError
 from .evaluate import evaluate_folder, format_table, write_json
+from .figures import collect_slices, save_figure
 from .losses import imagenet_weights_available, imagenet_weights_path
 from .pl_modules.clgnet_module import LR_SCHEDULES, CLGNetModule
 from .pl_modules.data_module import CLGNetDataModule
@@ -328,31 +330,22 @@ def test(
     trainer.test(model, datamodule=data_module)
     if not trainer.is_global_zero:
         return
-    reconstructions = args.default_root_dir / "reconstructions"
-    targets = ground_truth_folder(args)
+    root = args.default_root_dir
+    reconstructions = root / "reconstructions"
+    split = args.test_path or args.data_path / f"{args.challenge}_{args.test_split}"
+    targets = target_folder(split, args.challenge)
     if targets is None:
         print(f"reconstructions written to {reconstructions} (no targets to score them)")
         return
     result = evaluate_folder(targets, reconstructions, args.challenge)
     print(f"\nOfficial fastMRI metrics of {reconstructions} against {targets}:")
     print(format_table(result))
-    write_json(result, args.default_root_dir / "metrics.json", checkpoint=str(checkpoint),
+    write_json(result, root / "metrics.json", checkpoint=str(checkpoint),
                challenge=args.challenge, targets=str(targets))
-
-
-def ground_truth_folder(args: argparse.Namespace) -> Optional[Path]:
-    """Where the test split's targets are: the split itself, or the synthetic ``_test_gt``."""
-    split = args.test_path or args.data_path / f"{args.challenge}_{args.test_split}"
-    for folder in (Path(split), Path(f"{split}_gt")):
-        files = sorted(folder.glob("*.h5")) if folder.is_dir() else []
-        if files and _holds(files[0], TARGET_KEYS[args.challenge]):
-            return folder
-    return None
-
-
-def _holds(path: Path, key: str) -> bool:
-    with open_h5(path) as hf:
-        return key in hf
+    dataset = CheckedSliceDataset(split, args.challenge, transform=data_module.test_transform)
+    views = collect_slices(dataset, reconstructions, targets, TARGET_KEYS[args.challenge])
+    save_figure(views, root / "reconstructions.png")
+    print(f"figure: {root / 'reconstructions.png'}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -11,7 +11,7 @@ import contextlib
 import os
 import xml.etree.ElementTree as etree
 from pathlib import Path
-from typing import Iterator, List, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import h5py
 import numpy as np
@@ -188,3 +188,28 @@ def list_volumes(folder: Union[str, os.PathLike], what: str = "data") -> List[Pa
         raise DataError(folder, f"{what} folder holds no files", "check the path")
     return files
 
+
+
+def target_folder(
+    data_path: Union[str, os.PathLike], challenge: str, explicit: Optional[os.PathLike] = None
+) -> Optional[Path]:
+    """Where the targets of the volumes in ``data_path`` are, if anywhere.
+
+    ``explicit`` if given (it must hold targets); else ``data_path`` itself (fully sampled
+    data such as a val split) or the ``<data_path>_gt`` copy beside it (the synthetic test
+    split's ground truth); else None (a real test or challenge split).
+    """
+    key = TARGET_KEYS[check_challenge(challenge)]
+    if explicit is not None:
+        first = list_volumes(explicit, "target")[0]
+        with open_h5(first) as hf:
+            require_dataset(hf, key, first, (3,), f"{challenge} targets hold '{key}'")
+        return Path(explicit)
+    data_path = Path(data_path)
+    for folder in (data_path, data_path.with_name(data_path.name + "_gt")):
+        files = sorted(folder.glob("*.h5")) if folder.is_dir() else []
+        if files:
+            with open_h5(files[0]) as hf:
+                if key in hf:
+                    return folder
+    return None

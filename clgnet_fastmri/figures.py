@@ -1,0 +1,113 @@
+"""Pictures of reconstructions: ground truth, zero-filled input, CLGNet and their errors."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Sequence
+
+import numpy as np
+from fastmri.evaluate import psnr, ssim
+
+from .data.checks import open_h5
+from .data.mri_data import CheckedSliceDataset
+from .files import atomic_output
+
+
+@dataclass
+class SliceView:
+    """One slice to show; images are (H, W) in the target's intensity units."""
+
+    name: str
+    target: np.ndarray
+    zero_filled: np.ndarray
+    reconstruction: np.ndarray
+    maxval: float  # peak for PSNR/SSIM: the target volume's maximum, as fastmri.evaluate uses
+
+    def scores(self, image: np.ndarray) -> str:
+        value_psnr = psnr(self.target, image, maxval=self.maxval)
+        value_ssim = float(np.squeeze(ssim(self.target[None], image[None], maxval=self.maxval)))
+        return f"PSNR {value_psnr:.2f} dB, SSIM {value_ssim:.4f}"
+
+
+def collect_slices(
+    dataset: CheckedSliceDataset,
+    recon_dir: os.PathLike,
+    target_dir: os.PathLike,
+    recons_key: str,
+    num_volumes: int = 3,
+    recon_name: Callable[[str], str] = lambda name: name,
+) -> List[SliceView]:
+    """The middle slice of the first ``num_volumes`` volumes of ``dataset``.
+
+    ``dataset`` must be the one (with its transform, and so its mask) that produced the
+    reconstructions in ``recon_dir``: its ``UnetSample.image`` denormalised is the zero-filled
+    input the model saw. Targets are read from ``target_dir`` (files of the same names), the
+    reconstruction of input ``name`` from ``recon_dir / recon_name(name)``.
+    """
+    first_index = {}
+    counts: dict = {}
+    for index, sample in enumerate(dataset.raw_samples):
+        first_index.setdefault(sample.fname, index)
+        counts[sample.fname] = counts.get(sample.fname, 0) + 1
+    views = []
+    for fname in sorted(first_index)[:num_volumes]:
+        middle = counts[fname] // 2
+        sample = dataset[first_index[fname] + middle]
+        slice_num = int(sample.slice_num)
+        zero_filled = (sample.image * sample.std + sample.mean).numpy()
+        with open_h5(Path(target_dir) / fname.name) as hf:
+            target_volume = hf[recons_key][()]
+        with open_h5(Path(recon_dir) / recon_name(fname.name)) as hf:
+            reconstruction = hf["reconstruction"][slice_num]
+        views.append(
+            SliceView(
+                name=f"{fname.name} slice {slice_num}",
+                target=target_volume[slice_num],
+                zero_filled=zero_filled,
+                reconstruction=reconstruction,
+                maxval=float(target_volume.max()),
+            )
+        )
+    return views
+
+
+def save_figure(views: Sequence[SliceView], path: os.PathLike, model_name: str = "CLGNet") -> List[str]:
+    """Write a PNG with one row per slice; returns the panel titles, row by row.
+
+    Columns: ground truth, zero-filled input, reconstruction (PSNR/SSIM against the ground
+    truth in the titles), and the absolute errors of both, on one shared scale so that the
+    two error maps compare directly.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = 5
+    fig, axes = plt.subplots(
+        len(views), columns, figsize=(3.2 * columns, 3.4 * len(views)), squeeze=False
+    )
+    titles = []
+    for row, view in zip(axes, views):
+        error_zf = np.abs(view.zero_filled - view.target)
+        error_model = np.abs(view.reconstruction - view.target)
+        error_max = max(float(error_zf.max()), 1e-12)
+        panels = [
+            (view.target, f"ground truth\n{view.name}", view.maxval),
+            (view.zero_filled, f"zero-filled\n{view.scores(view.zero_filled)}", view.maxval),
+            (view.reconstruction, f"{model_name}\n{view.scores(view.reconstruction)}", view.maxval),
+            (error_zf, "|zero-filled - truth|", error_max),
+            (error_model, f"|{model_name} - truth|", error_max),
+        ]
+        for ax, (image, title, vmax) in zip(row, panels):
+            ax.imshow(image, cmap="gray", vmin=0, vmax=vmax)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+            titles.append(title)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return titles

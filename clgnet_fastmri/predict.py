@@ -1,0 +1,270 @@
+"""Leaderboard submission export: ``clgnet-fastmri predict``.
+
+Runs a trained CLGNet over a test or challenge folder (k-space already masked, no targets)
+and writes one HDF5 file per volume with a float32 ``reconstruction`` of shape (slices, H, W)
+at the header's reconSpace size, under the input's file names (or fastmri's ``_v2`` names),
+plus a zip of exactly those files to upload. Before it reports success, it checks the whole
+submission against the input folder. Every file (volumes, zip, figure) is written under a
+temporary name and renamed into place when complete, so an interrupted run never leaves a
+half-written file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import zipfile
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import xml.etree.ElementTree as etree
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from fastmri.data.mri_data import et_query
+from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from .checkpoints import load_clgnet
+from .data.checks import TARGET_KEYS, list_volumes, open_h5, target_folder
+from .data.mri_data import CheckedSliceDataset
+from .data.transforms import CLGNetDataTransform
+from .errors import DataError, UserError
+from .figures import collect_slices, save_figure
+from .files import atomic_output, ensure_writable_dir
+
+log = logging.getLogger(__name__)
+
+
+def submission_name(name: str, v2_names: bool) -> str:
+    """``file1000.h5`` -> ``file1000_v2.h5`` for the public knee leaderboard (fastmri's rule)."""
+    if v2_names and not name.endswith("_v2.h5"):
+        return name[: -len(".h5")] + "_v2.h5" if name.endswith(".h5") else name + "_v2"
+    return name
+
+
+def reconstruct(
+    model: nn.Module,
+    dataset: CheckedSliceDataset,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    device: str = "cpu",
+    autocast_dtype: Optional[torch.dtype] = None,
+    progress: bool = True,
+) -> Iterator[Tuple[str, np.ndarray]]:
+    """Yield ``(file name, volume)`` for each volume of ``dataset``, as soon as it is complete.
+
+    The dataset lists each file's slices in order, one file after another, so a volume is
+    complete when the file name changes; only one volume is held in memory.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    model = model.to(device).eval()
+    current, slices = None, {}
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="reconstructing", unit="batch", disable=not progress):
+            image = batch.image.to(device).unsqueeze(1)
+            with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
+                                enabled=autocast_dtype is not None):
+                output = model(image)
+            output = output.squeeze(1).float().cpu()
+            output = output * batch.std[:, None, None] + batch.mean[:, None, None]
+            for fname, slice_num, image_out in zip(batch.fname, batch.slice_num, output):
+                if fname != current and current is not None:
+                    yield current, _stack(slices)
+                    slices = {}
+                current = fname
+                slices[int(slice_num)] = image_out.numpy()
+    if current is not None:
+        yield current, _stack(slices)
+
+
+def _stack(slices: Dict[int, np.ndarray]) -> np.ndarray:
+    return np.stack([slices[k] for k in sorted(slices)]).astype(np.float32)
+
+
+def write_volume(path: Path, volume: np.ndarray) -> None:
+    import h5py
+
+    with atomic_output(path) as tmp:
+        with h5py.File(tmp, "w") as hf:
+            hf.create_dataset("reconstruction", data=volume)
+
+
+def expected_shape(path: Path, challenge: str) -> Tuple[int, int, int]:
+    """(slices, H, W) that a reconstruction of input ``path`` must have.
+
+    H x W is the header's reconSpace size, except where the k-space is narrower than that
+    (some fastMRI brain FLAIR volumes), where fastmri's transforms crop to a square of the
+    k-space width; CLGNetDataTransform does the same.
+    """
+    with open_h5(path) as hf:
+        kspace_shape = hf["kspace"].shape
+        root = etree.fromstring(hf["ismrmrd_header"][()])
+    rec = ["encoding", "reconSpace", "matrixSize"]
+    size = (int(et_query(root, rec + ["x"])), int(et_query(root, rec + ["y"])))
+    cols = kspace_shape[-1]
+    if cols < size[1]:
+        size = (cols, cols)
+    return (kspace_shape[0], *size)
+
+
+def check_submission(
+    output: Path, data_path: Path, challenge: str, v2_names: bool
+) -> List[str]:
+    """Check the submission in ``output`` against every volume of ``data_path``.
+
+    Returns the submission's file names; raises a DataError naming the first file that is
+    missing, misshapen, of the wrong type or not finite.
+    """
+    names = []
+    for source in list_volumes(data_path, "input"):
+        name = submission_name(source.name, v2_names)
+        target = output / name
+        shape = expected_shape(source, challenge)
+        if not target.is_file():
+            raise DataError(target, f"missing from the submission (input {source.name})")
+        with open_h5(target) as hf:
+            if "reconstruction" not in hf:
+                raise DataError(target, "has no 'reconstruction' dataset")
+            recons = hf["reconstruction"]
+            if recons.shape != shape:
+                raise DataError(target, f"reconstruction has shape {recons.shape}, expected {shape}")
+            if recons.dtype != np.float32:
+                raise DataError(target, f"reconstruction has dtype {recons.dtype}, expected float32")
+            if not np.isfinite(recons[()]).all():
+                raise DataError(target, "reconstruction contains NaN or Inf values")
+        names.append(name)
+    return names
+
+
+def write_zip(path: Path, folder: Path, names: List[str]) -> None:
+    """A zip of exactly ``names`` from ``folder``, flat (no directories inside)."""
+    with atomic_output(path) as tmp:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for name in names:
+                archive.write(folder / name, arcname=name)
+
+
+@dataclass
+class Submission:
+    names: List[str]
+    zip_path: Optional[Path]
+    figure: Optional[Path]
+
+
+def predict(
+    checkpoint: Path,
+    data_path: Path,
+    output: Path,
+    challenge: str = "singlecoil",
+    mask_func: Optional[MaskFunc] = None,
+    v2_names: bool = False,
+    make_zip: bool = True,
+    figure: Optional[Path] = None,
+    target_path: Optional[Path] = None,
+    overwrite: bool = False,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    device: str = "cpu",
+    autocast_dtype: Optional[torch.dtype] = None,
+    progress: bool = True,
+) -> Submission:
+    """Reconstruct every volume of ``data_path`` into ``output`` and check the result.
+
+    ``mask_func`` undersamples fully-sampled input (e.g. a val folder) with a per-volume
+    seeded mask; leave it None for test/challenge folders, whose k-space is already masked.
+    """
+    model = load_clgnet(checkpoint)
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise UserError(f"{output}: the output folder is not empty; pass --overwrite")
+    dataset = CheckedSliceDataset(
+        data_path, challenge, transform=CLGNetDataTransform(challenge, mask_func, use_seed=True)
+    )
+    ensure_writable_dir(output)
+    for fname, volume in reconstruct(
+        model, dataset, batch_size, num_workers, device, autocast_dtype, progress
+    ):
+        write_volume(output / submission_name(fname, v2_names), volume)
+    names = check_submission(output, data_path, challenge, v2_names)
+    zip_path = output.with_suffix(".zip") if make_zip else None
+    if zip_path:
+        write_zip(zip_path, output, names)
+    targets = target_folder(data_path, challenge, target_path)
+    if figure is None or targets is None:
+        figure = None
+    else:
+        views = collect_slices(
+            dataset, output, targets, TARGET_KEYS[challenge],
+            recon_name=lambda name: submission_name(name, v2_names),
+        )
+        save_figure(views, figure)
+    return Submission(names, zip_path, figure)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt of clgnet-fastmri train")
+    parser.add_argument("--data_path", type=Path, required=True,
+                        help="folder of fastMRI files to reconstruct (test/challenge split)")
+    parser.add_argument("--output", type=Path, required=True,
+                        help="submission folder; the zip is written beside it as <output>.zip")
+    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
+    parser.add_argument("--v2_names", action="store_true",
+                        help="name files file1000_v2.h5 (the public knee leaderboard)")
+    parser.add_argument("--no_zip", action="store_true")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="PNG of a few slices when ground truth is found "
+                        "(default: <output>_figure.png)")
+    parser.add_argument("--target_path", type=Path, default=None,
+                        help="ground truth for the figure (default: the input itself, or "
+                        "<data_path>_gt)")
+    parser.add_argument("--mask_type", default="random")
+    parser.add_argument("--center_fractions", nargs="+", type=float, default=None,
+                        help="undersample fully-sampled input (with --accelerations)")
+    parser.add_argument("--accelerations", nargs="+", type=int, default=None)
+    parser.add_argument("--batch_size", type=int, default=1)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("32", "bf16"), default="32",
+                        help="bf16 autocast for the convolutions (the FFTs stay float32)")
+    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--quiet", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    mask_func = None
+    if args.accelerations or args.center_fractions:
+        if not (args.accelerations and args.center_fractions):
+            raise UserError("give --center_fractions and --accelerations together")
+        mask_func = create_mask_for_mask_type(
+            args.mask_type, args.center_fractions, args.accelerations
+        )
+    figure = args.figure or args.output.with_name(args.output.name + "_figure.png")
+    submission = predict(
+        args.checkpoint,
+        args.data_path,
+        args.output,
+        challenge=args.challenge,
+        mask_func=mask_func,
+        v2_names=args.v2_names,
+        make_zip=not args.no_zip,
+        figure=figure,
+        target_path=args.target_path,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
+        progress=not args.quiet,
+    )
+    print(
+        f"submission of {len(submission.names)} volumes in {args.output}, "
+        f"checked against {args.data_path}"
+    )
+    if submission.zip_path:
+        print(f"zip to upload: {submission.zip_path}")
+    if submission.figure:
+        print(f"figure: {submission.figure}")
+    return 0

@@ -1,0 +1,210 @@
+"""Submission export (predict), official scoring (evaluate), figures, checkpoint loading."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import zipfile
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from fastmri.data.subsample import RandomMaskFunc
+from fastmri.evaluate import evaluate as fastmri_evaluate
+
+from clgnet_fastmri import cli
+from clgnet_fastmri.checkpoints import load_clgnet
+from clgnet_fastmri.errors import DataError, UserError
+from clgnet_fastmri.evaluate import evaluate_folder
+from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
+from clgnet_fastmri.predict import check_submission, predict
+
+TINY = dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None)
+
+
+def save_checkpoint(module, path: Path) -> Path:
+    """What Lightning writes, reduced to the parts predict reads."""
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_checkpoint(CLGNetModule(**TINY), tmp_path_factory.mktemp("ckpt") / "m.ckpt")
+
+
+@pytest.fixture(scope="module")
+def submission(knee_data, checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sub") / "submission"
+    result = predict(
+        checkpoint, knee_data / "singlecoil_test", out, figure=out.with_name("fig.png"),
+        progress=False,
+    )
+    return out, result
+
+
+def test_submission_has_the_leaderboard_layout(knee_data, submission):
+    out, result = submission
+    inputs = sorted(p.name for p in (knee_data / "singlecoil_test").iterdir())
+    assert sorted(p.name for p in out.iterdir()) == inputs == sorted(result.names)
+    for name in inputs:
+        with h5py.File(knee_data / "singlecoil_test" / name) as source, h5py.File(out / name) as hf:
+            assert list(hf.keys()) == ["reconstruction"]
+            recons = hf["reconstruction"]
+            assert recons.dtype == np.float32
+            assert recons.shape == (source["kspace"].shape[0], 32, 32)  # header reconSpace
+            assert np.isfinite(recons[()]).all()
+    with zipfile.ZipFile(result.zip_path) as archive:
+        assert sorted(archive.namelist()) == inputs
+        assert archive.testzip() is None
+
+
+def test_submission_scores_through_the_cli_like_fastmri_evaluate(knee_data, submission, capsys):
+    out, _ = submission
+    gt = knee_data / "singlecoil_test_gt"
+    assert cli.main(["evaluate", "--target-path", str(gt), "--predictions-path", str(out),
+                     "--challenge", "singlecoil", "--output", str(out.parent / "m.json")]) == 0
+    table = capsys.readouterr().out
+    assert "PSNR" in table and "SSIM" in table
+    ours = evaluate_folder(gt, out, "singlecoil").means()
+    official = fastmri_evaluate(
+        argparse.Namespace(target_path=gt, predictions_path=out, acquisition=None,
+                           acceleration=None),
+        "reconstruction_esc",
+    ).means()
+    # fastmri accumulates the float32 metric values in float32; we convert them to float first.
+    for metric in ("MSE", "NMSE", "PSNR", "SSIM"):
+        assert ours[metric] == pytest.approx(float(np.squeeze(official[metric])), rel=1e-6)
+
+
+def test_evaluate_filters_like_fastmri(knee_data, submission):
+    out, _ = submission
+    gt = knee_data / "singlecoil_test_gt"
+    for acceleration in (4, 8):
+        args = argparse.Namespace(target_path=gt, predictions_path=out, acquisition=None,
+                                  acceleration=acceleration)
+        official = fastmri_evaluate(args, "reconstruction_esc")
+        if len(official.metrics["NMSE"]) == 0:
+            with pytest.raises(UserError):
+                evaluate_folder(gt, out, "singlecoil", acceleration=acceleration)
+            continue
+        ours = evaluate_folder(gt, out, "singlecoil", acceleration=acceleration)
+        assert ours.means()["NMSE"] == pytest.approx(official.means()["NMSE"], rel=1e-6)
+
+
+def test_figure_has_the_expected_panels(submission):
+    import matplotlib.image
+
+    out, result = submission
+    assert result.figure is not None and result.figure.is_file()
+    image = matplotlib.image.imread(result.figure)
+    assert image.shape[0] > 200 and image.shape[1] > 800  # two rows of five panels
+    from clgnet_fastmri.figures import SliceView, save_figure
+
+    truth = np.ones((8, 8), np.float32)
+    titles = save_figure(
+        [SliceView("v", truth, truth * 0.5, truth * 0.9, maxval=1.0)], out.parent / "one.png"
+    )
+    assert [t.split("\n")[0] for t in titles] == [
+        "ground truth", "zero-filled", "CLGNet", "|zero-filled - truth|", "|CLGNet - truth|"
+    ]
+    assert "PSNR 20.00 dB" in titles[2]  # error 0.1 of peak 1
+
+
+def test_missing_or_misshapen_prediction_is_named(knee_data, submission, tmp_path, capsys):
+    out, _ = submission
+    gt = knee_data / "singlecoil_test_gt"
+    names = sorted(p.name for p in out.iterdir())
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in names[1:]:
+        (broken / name).write_bytes((out / name).read_bytes())
+    with pytest.raises(DataError, match=names[0]):
+        evaluate_folder(gt, broken, "singlecoil")
+    code = cli.main(["evaluate", "--target-path", str(gt), "--predictions-path", str(broken),
+                     "--challenge", "singlecoil"])
+    err = capsys.readouterr().err
+    assert code == 2 and names[0] in err and "missing" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+    with h5py.File(broken / names[0], "w") as hf:
+        hf.create_dataset("reconstruction", data=np.zeros((1, 32, 32), np.float32))
+    with pytest.raises(DataError, match=f"{names[0]}.*slices"):
+        evaluate_folder(gt, broken, "singlecoil")
+    with pytest.raises(DataError, match=r"shape \(1, 32, 32\), expected \(3, 32, 32\)"):
+        check_submission(broken, knee_data / "singlecoil_test", "singlecoil", False)
+
+
+def test_interrupted_export_leaves_no_partial_file(knee_data, checkpoint, tmp_path, monkeypatch):
+    import clgnet_fastmri.predict as predict_module
+
+    out = tmp_path / "sub"
+    real_write = predict_module.write_volume
+    calls = []
+
+    def write_then_die(path, volume):
+        calls.append(path)
+        if len(calls) == 2:
+            # Die in the middle of the second file: after it was opened, before it is complete.
+            def crash(*args, **kwargs):
+                raise KeyboardInterrupt
+            monkeypatch.setattr(h5py.Group, "create_dataset", crash)
+        real_write(path, volume)
+
+    monkeypatch.setattr(predict_module, "write_volume", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        predict(checkpoint, knee_data / "singlecoil_test", out, progress=False)
+    monkeypatch.undo()
+    left = sorted(os.listdir(out))
+    assert left == [calls[0].name]  # the finished volume, no temporary or partial file
+    with h5py.File(out / left[0]) as hf:
+        assert hf["reconstruction"].shape[0] == 3
+    assert not out.with_suffix(".zip").exists()
+
+
+def test_v2_names_and_masked_fully_sampled_input(knee_data, checkpoint, tmp_path):
+    mask = RandomMaskFunc([0.08], [4])
+    result = predict(
+        checkpoint, knee_data / "singlecoil_val", tmp_path / "val", mask_func=mask,
+        v2_names=True, figure=tmp_path / "val.png", progress=False,
+    )
+    assert all(name.endswith("_v2.h5") for name in result.names)
+    assert result.figure is not None  # the val files hold their own targets
+    with zipfile.ZipFile(result.zip_path) as archive:
+        assert sorted(archive.namelist()) == sorted(result.names)
+
+
+def test_predict_refuses_a_non_empty_output(knee_data, checkpoint, submission):
+    out, _ = submission
+    with pytest.raises(UserError, match="not empty"):
+        predict(checkpoint, knee_data / "singlecoil_test", out, progress=False)
+
+
+class _Payload:
+    """Unpickling this would create a file: what a malicious checkpoint could do."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_checkpoint_errors_are_clear_and_pickles_never_run(tmp_path):
+    with pytest.raises(UserError, match="not found"):
+        load_clgnet(tmp_path / "nope.ckpt")
+    (tmp_path / "garbage.ckpt").write_bytes(b"\x00not a checkpoint")
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        load_clgnet(tmp_path / "garbage.ckpt")
+    torch.save({"state_dict": {"unet.weight": torch.zeros(1)}, "hyper_parameters": {}},
+               tmp_path / "foreign.ckpt")
+    with pytest.raises(UserError, match="not a CLGNet checkpoint"):
+        load_clgnet(tmp_path / "foreign.ckpt")
+    marker = tmp_path / "pwned"
+    torch.save({"state_dict": {}, "hyper_parameters": _Payload(marker)}, tmp_path / "evil.ckpt")
+    with pytest.raises(UserError, match="refused"):
+        load_clgnet(tmp_path / "evil.ckpt")
+    assert not marker.exists()
