@@ -26,7 +26,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
-from .data.synthetic import make_dataset
+from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
 from .errors import UserError
 from .evaluate import evaluate_folder, format_table, write_json
@@ -169,7 +169,10 @@ def demo_dataset(challenge: str) -> Path:
     """The built-in synthetic set, generated once into the user's cache folder."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clgnet_fastmri"
     spec = DEMO_DATA
-    name = f"synthetic-{spec['anatomy']}-{challenge}-{spec['size']}px-v1"
+    name = (
+        f"synthetic-{spec['anatomy']}-{challenge}-{spec['size']}px-{spec['num_slices']}sl"
+        f"-g{GENERATOR_VERSION}"
+    )
     root = cache / name
     done = root / ".complete"
     if not done.exists():

@@ -1,0 +1,459 @@
+"""The synthetic dataset generator (``clgnet-fastmri make-data``) against unmodified fastmri."""
+
+from __future__ import annotations
+
+import argparse
+import xml.etree.ElementTree as etree
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import fastmri
+from fastmri.data import SliceDataset
+from fastmri.data import transforms as T
+from fastmri.data.subsample import RandomMaskFunc
+
+from clgnet_fastmri.cli import main
+from clgnet_fastmri.data import synthetic as S
+from clgnet_fastmri.errors import UserError
+
+SIZE = 32
+SLICES = 3
+COILS = 4
+SPLITS = {"train": 2, "val": 1, "test": 2}
+
+
+def _recons_key(challenge: str) -> str:
+    return "reconstruction_esc" if challenge == "singlecoil" else "reconstruction_rss"
+
+
+def _target_from_kspace(kspace: np.ndarray, size: int) -> torch.Tensor:
+    """Centre crop of |ifft2c(kspace)| (RSS over coils), with fastmri's torch functions."""
+    image = fastmri.complex_abs(fastmri.ifft2c(T.to_tensor(kspace)))
+    if kspace.ndim == 4:  # (slices, coils, rows, cols)
+        image = fastmri.rss(image, dim=1)
+    return T.center_crop(image, (size, size))
+
+
+def _assert_consistent(kspace: np.ndarray, target: np.ndarray) -> None:
+    expected = _target_from_kspace(kspace, target.shape[-1]).numpy()
+    np.testing.assert_allclose(target, expected, rtol=1e-4, atol=1e-5 * float(target.max()))
+
+
+@pytest.fixture(scope="module", params=[("knee", "singlecoil"), ("brain", "multicoil")],
+                ids=["knee-singlecoil", "brain-multicoil"])
+def dataset(request, tmp_path_factory):
+    anatomy, challenge = request.param
+    root = tmp_path_factory.mktemp(f"{anatomy}_{challenge}")
+    summary = S.make_dataset(root, anatomy=anatomy, challenge=challenge, splits=SPLITS,
+                             num_slices=SLICES, size=SIZE,
+                             num_coils=COILS if challenge == "multicoil" else None,
+                             seed=3, progress=False)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Layout, consistency, headers
+
+
+def test_layout(dataset):
+    ch = dataset.challenge
+    assert sorted(p.name for p in dataset.root.iterdir()) == sorted(
+        f"{ch}_{s}" for s in ("train", "val", "test", "test_gt"))
+    for split, n in SPLITS.items():
+        assert len(list((dataset.root / f"{ch}_{split}").iterdir())) == n
+    test_names = sorted(p.name for p in (dataset.root / f"{ch}_test").iterdir())
+    assert test_names == sorted(p.name for p in (dataset.root / f"{ch}_test_gt").iterdir())
+    rows, cols = S.kspace_shape(dataset.anatomy, SIZE)
+    coils = (COILS,) if ch == "multicoil" else ()
+    assert dataset.kspace_shape == (SLICES, *coils, rows, cols)
+    assert dataset.target_shape == (SLICES, SIZE, SIZE)
+    assert "wrote a synthetic" in str(dataset)
+
+
+def test_targets_are_centre_crops_of_the_kspace(dataset):
+    key = _recons_key(dataset.challenge)
+    for path in dataset.files["train"] + dataset.files["val"]:
+        with h5py.File(path, "r") as hf:
+            kspace, target = hf["kspace"][()], hf[key][()]
+            assert kspace.dtype == np.complex64 and target.dtype == np.float32
+            assert kspace.shape == dataset.kspace_shape
+            _assert_consistent(kspace, target)
+            assert hf.attrs["max"] == pytest.approx(float(target.max()))
+            assert hf.attrs["norm"] == pytest.approx(float(np.linalg.norm(target)), rel=1e-5)
+            assert hf.attrs["acquisition"] in S.SPECS[dataset.anatomy].acquisitions
+            assert isinstance(hf.attrs["patient_id"], str)
+
+
+def test_test_split_is_masked_and_gt_matches(dataset):
+    key = _recons_key(dataset.challenge)
+    accelerations = set()
+    for path, gt_path in zip(dataset.files["test"], dataset.files["test_gt"]):
+        with h5py.File(path, "r") as hf, h5py.File(gt_path, "r") as gt:
+            assert key not in hf
+            mask = hf["mask"][()]
+            assert mask.shape == (hf["kspace"].shape[-1],) and mask.dtype == bool
+            acc = int(hf.attrs["acceleration"])
+            accelerations.add(acc)
+            num_low = int(hf.attrs["num_low_frequency"])
+            assert num_low == round(mask.size * S.center_fraction(acc))
+            kspace = hf["kspace"][()]
+            assert not np.any(kspace[..., ~mask])  # unsampled columns are zero
+            assert np.count_nonzero(np.abs(kspace).sum(axis=tuple(range(kspace.ndim - 1))))
+            assert gt[key].shape == (SLICES, SIZE, SIZE)
+            for name in ("acquisition", "acceleration", "max", "norm"):
+                assert name in gt.attrs
+            assert int(gt.attrs["acceleration"]) == acc
+            assert gt.attrs["acquisition"] == hf.attrs["acquisition"]
+            assert gt.attrs["max"] == pytest.approx(float(gt[key][()].max()))
+    assert accelerations <= {4, 8}
+
+
+def test_project_file_checks_accept_the_files(dataset):
+    from clgnet_fastmri.data.checks import check_volume
+
+    for key in ("train", "val", "test"):
+        for path in dataset.files[key]:
+            assert check_volume(path, dataset.challenge, need_target=key != "test") == SLICES
+
+
+def test_header_parses_like_slicedataset(dataset):
+    ch = dataset.challenge
+    rows, cols = S.kspace_shape(dataset.anatomy, SIZE)
+    left, right = S.acquired_columns(dataset.anatomy, cols)
+    ds = SliceDataset(dataset.root / f"{ch}_train", ch, use_dataset_cache=False)
+    assert len(ds) == SPLITS["train"] * SLICES
+    for sample in ds.raw_samples:
+        meta = sample.metadata
+        assert meta["encoding_size"] == (rows, cols, 1)
+        assert meta["recon_size"] == (SIZE, SIZE, 1)
+        assert (meta["padding_left"], meta["padding_right"]) == (left, right)
+        for name in ("acquisition", "max", "norm", "patient_id"):
+            assert name in meta
+    with h5py.File(dataset.files["train"][0], "r") as hf:
+        root = etree.fromstring(hf["ismrmrd_header"][()])
+        kspace = hf["kspace"][()]
+    assert root.tag == "{http://www.ismrm.org/ISMRMRD}ismrmrdHeader"
+    ns = {"m": "http://www.ismrm.org/ISMRMRD"}
+    fov = root.find("m:encoding/m:reconSpace/m:fieldOfView_mm/m:x", ns)
+    assert float(fov.text) == S.SPECS[dataset.anatomy].fov_mm
+    # The unacquired columns the header announces are zero in k-space.
+    assert not np.any(kspace[..., :left]) and not np.any(kspace[..., right:])
+
+
+# --------------------------------------------------------------------------------------------
+# fastmri's own loaders and scoring
+
+
+def test_slicedataset_with_unet_transform(dataset):
+    ch = dataset.challenge
+    mask_func = RandomMaskFunc([0.08, 0.04], [4, 8])
+    for split in ("train", "val", "test"):
+        transform = T.UnetDataTransform(ch, mask_func=None if split == "test" else mask_func)
+        ds = SliceDataset(dataset.root / f"{ch}_{split}", ch, transform=transform,
+                          use_dataset_cache=False)
+        assert len(ds) == SPLITS[split] * SLICES
+        sample = ds[len(ds) - 1]
+        assert sample.image.shape == (SIZE, SIZE)
+        assert torch.isfinite(sample.image).all()
+        if split != "test":
+            assert sample.target.shape == (SIZE, SIZE)
+            assert sample.max_value > 0
+
+
+def test_fastmri_datamodule(dataset, tmp_path, monkeypatch):
+    from fastmri.pl_modules import FastMriDataModule
+
+    monkeypatch.chdir(tmp_path)  # fastmri's cache pickle would land here
+    ch = dataset.challenge
+    mask_func = RandomMaskFunc([0.08, 0.04], [4, 8])
+    dm = FastMriDataModule(
+        data_path=dataset.root, challenge=ch,
+        train_transform=T.UnetDataTransform(ch, mask_func=mask_func),
+        val_transform=T.UnetDataTransform(ch, mask_func=mask_func),
+        test_transform=T.UnetDataTransform(ch), batch_size=2, num_workers=0,
+        use_dataset_cache_file=False)
+    dm.prepare_data()
+    for loader, split in ((dm.train_dataloader(), "train"), (dm.val_dataloader(), "val"),
+                          (dm.test_dataloader(), "test")):
+        assert len(loader.dataset) == SPLITS[split] * SLICES
+        batch = next(iter(loader))
+        assert batch.image.shape == (2, SIZE, SIZE)
+        assert torch.isfinite(batch.image).all()
+        if split != "test":
+            assert batch.target.shape == (2, SIZE, SIZE)
+    assert not list(tmp_path.iterdir())  # no dataset_cache.pkl
+
+
+def test_fastmri_evaluate_scores_zero_filled(dataset, tmp_path):
+    from fastmri.evaluate import evaluate
+
+    ch = dataset.challenge
+    recons = {}
+    for path in dataset.files["test"]:
+        with h5py.File(path, "r") as hf:
+            recons[path.name] = _target_from_kspace(hf["kspace"][()], SIZE).numpy()
+    fastmri.save_reconstructions(recons, tmp_path)
+    args = argparse.Namespace(target_path=dataset.root / f"{ch}_test_gt",
+                              predictions_path=tmp_path, acquisition=None, acceleration=None)
+    means = evaluate(args, _recons_key(ch)).means()
+    assert 8.0 < float(means["PSNR"]) < 40.0
+    assert 0.05 < float(np.squeeze(means["SSIM"])) < 0.95
+    assert 0.0 < float(means["NMSE"]) < 1.0
+
+
+# --------------------------------------------------------------------------------------------
+# In-memory volumes: consistency, difficulty, noise, determinism
+
+
+@pytest.mark.parametrize("anatomy,challenge", [("knee", "singlecoil"), ("knee", "multicoil"),
+                                               ("brain", "singlecoil"), ("brain", "multicoil")])
+def test_make_volume(anatomy, challenge):
+    vol = S.make_volume(anatomy, challenge=challenge, size=48, num_slices=2, seed=1,
+                        num_coils=3 if challenge == "multicoil" else None, return_maps=True)
+    rows, cols = S.kspace_shape(anatomy, 48)
+    coils = (3,) if challenge == "multicoil" else ()
+    assert vol.kspace.shape == (2, *coils, rows, cols) and vol.kspace.dtype == np.complex64
+    assert vol.target.shape == vol.clean_target.shape == (2, 48, 48)
+    assert vol.image.shape == (2, rows, cols)
+    assert (vol.sens_maps is None) == (challenge == "singlecoil")
+    _assert_consistent(vol.kspace, vol.target)
+    # Intensities on the scale of real fastMRI data.
+    assert 5e-5 < vol.attrs["max"] < 5e-3
+    # A smooth, non-zero image phase: k-space is not Hermitian.
+    k = vol.kspace[0] if challenge == "singlecoil" else vol.kspace[0, 0]
+    left, right = vol.padding
+    k = k[1:, 1:]  # the part whose mirror image about the DC sample lies on the grid
+    mirrored = np.conj(k[::-1, ::-1])
+    assert np.linalg.norm(k - mirrored) > 0.5 * np.linalg.norm(k)
+
+
+def test_sizes_scale_and_stay_even():
+    assert S.kspace_shape("knee") == (640, 368)
+    assert S.kspace_shape("brain") == (256, 256)
+    for size in range(16, 200, 2):
+        for anatomy in S.ANATOMIES:
+            rows, cols = S.kspace_shape(anatomy, size)
+            assert rows % 2 == 0 and cols % 2 == 0 and cols >= size
+
+
+@pytest.mark.parametrize("anatomy,acquisition", [("knee", "CORPD_FBK"), ("brain", "AXT1")])
+def test_zero_filled_is_far_from_the_target(anatomy, acquisition):
+    """At 4x the data is not trivially easy: low zero-filled PSNR and visible aliasing.
+
+    (Fat-suppressed knees, at SNR ~10, bury much of the aliasing in air under the noise.)
+    """
+    from fastmri.evaluate import psnr
+
+    size = 64
+    vol = S.make_volume(anatomy, size=size, num_slices=3, seed=0, acquisition=acquisition)
+    kspace = T.to_tensor(vol.kspace)
+    masked, _, _ = T.apply_mask(kspace, RandomMaskFunc([0.08], [4]), seed=5)
+    zero_filled = _target_from_kspace(torch.view_as_complex(masked).numpy(), size).numpy()
+    assert psnr(vol.target, zero_filled) < 32.0
+    # Air beside the object in the same rows receives aliasing along the phase-encoding
+    # direction, far above the target's noise floor there.
+    clean = vol.clean_target
+    air = clean < 1e-3 * clean.max()
+    rows_with_object = (clean > 0.2 * clean.max()).any(axis=-1, keepdims=True)
+    region = air & rows_with_object
+    assert region.sum() > 50
+    assert (zero_filled[region] ** 2).mean() > 3.0 * (vol.target[region] ** 2).mean()
+
+
+@pytest.mark.parametrize("anatomy,challenge", [("knee", "singlecoil"), ("brain", "singlecoil"),
+                                               ("brain", "multicoil")])
+def test_noise_level_gives_the_stated_snr(anatomy, challenge):
+    coils = 4 if challenge == "multicoil" else 1
+    vol = S.make_volume(anatomy, challenge=challenge, size=64, num_slices=3, seed=2,
+                        num_coils=coils if challenge == "multicoil" else None)
+    # In air the target is |complex Gaussian noise| (RSS over the coils): E[t^2] = 2 s^2 per
+    # coil, less the unacquired (zero) k-space columns.
+    air = vol.clean_target < 1e-3 * vol.clean_target.max()
+    left, right = vol.padding
+    acquired = (right - left) / vol.kspace.shape[-1]
+    sigma = np.sqrt((vol.target[air] ** 2).mean() / (2 * coils * acquired))
+    assert sigma == pytest.approx(vol.noise_std, rel=0.1)
+    fg = vol.clean_target > 0.1 * np.percentile(vol.clean_target, 99.5)
+    snr = vol.clean_target[fg].mean() / sigma
+    assert snr == pytest.approx(vol.snr, rel=0.15)
+    low, high = S._SNR_RANGE[vol.acquisition]
+    assert low <= vol.snr <= high
+
+
+def test_fat_suppressed_knee_is_darker_and_noisier():
+    pd = S.make_volume("knee", size=64, num_slices=2, seed=4, acquisition="CORPD_FBK")
+    fs = S.make_volume("knee", size=64, num_slices=2, seed=4, acquisition="CORPDFS_FBK")
+    assert fs.clean_target.mean() < 0.75 * pd.clean_target.mean()
+    assert fs.snr < pd.snr
+
+
+def test_make_volume_is_deterministic():
+    a = S.make_volume("knee", size=32, num_slices=2, seed=7)
+    b = S.make_volume("knee", size=32, num_slices=2, seed=7)
+    c = S.make_volume("knee", size=32, num_slices=2, seed=8)
+    np.testing.assert_array_equal(a.kspace, b.kspace)
+    np.testing.assert_array_equal(a.target, b.target)
+    assert a.header == b.header and a.attrs == b.attrs
+    assert not np.array_equal(a.kspace, c.kspace)
+
+
+def _read(path: Path) -> dict:
+    with h5py.File(path, "r") as hf:
+        out = {k: hf[k][()] for k in hf}
+        out.update({f"attr:{k}": v for k, v in hf.attrs.items()})
+    return out
+
+
+def _assert_same_file(p: Path, q: Path) -> None:
+    a, b = _read(p), _read(q)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=f"{p.name}: {key}")
+
+
+def test_dataset_determinism_and_stability(tmp_path):
+    kw = dict(anatomy="brain", size=SIZE, num_slices=2, progress=False)
+    one = S.make_dataset(tmp_path / "one", splits={"train": 2, "test": 1}, seed=5, **kw)
+    two = S.make_dataset(tmp_path / "two", splits={"train": 2, "test": 1}, seed=5, **kw)
+    more = S.make_dataset(tmp_path / "more", splits={"train": 3, "test": 2}, seed=5, **kw)
+    other = S.make_dataset(tmp_path / "other", splits={"train": 2, "test": 1}, seed=6, **kw)
+    for key in ("train", "test", "test_gt"):
+        for i, path in enumerate(one.files[key]):
+            _assert_same_file(path, two.files[key][i])
+            _assert_same_file(path, more.files[key][i])  # more volumes: earlier unchanged
+    assert not np.array_equal(_read(one.files["train"][0])["kspace"],
+                              _read(other.files["train"][0])["kspace"])
+    # volume_seed reproduces a file's volume in memory.
+    vol = S.make_volume("brain", size=SIZE, num_slices=2, seed=S.volume_seed(5, "train", 1))
+    data = _read(one.files["train"][1])
+    np.testing.assert_array_equal(vol.kspace, data["kspace"])
+    np.testing.assert_array_equal(vol.target, data["reconstruction_esc"])
+
+
+# --------------------------------------------------------------------------------------------
+# Command line, bad input, overwriting, interruption
+
+
+def test_cli_writes_a_dataset(tmp_path, capsys):
+    out = tmp_path / "data"
+    rc = main(["make-data", str(out), "--size", "32", "--slices", "2", "--train-volumes", "1",
+               "--val-volumes", "1", "--test-volumes", "1", "--accelerations", "4",
+               "--challenge", "multicoil", "--coils", "2", "--anatomy", "brain"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "multicoil_train/" in printed and "(2, 2, 32, 32)" in printed
+    assert sorted(p.name for p in out.iterdir()) == [
+        "multicoil_test", "multicoil_test_gt", "multicoil_train", "multicoil_val"]
+    with h5py.File(next((out / "multicoil_test").iterdir()), "r") as hf:
+        assert int(hf.attrs["acceleration"]) == 4
+
+
+BAD_ARGS = [
+    ["--size", "0"],
+    ["--size", "-32"],
+    ["--size", "33"],
+    ["--size", "100000"],
+    ["--slices", "0"],
+    ["--slices", "-1"],
+    ["--train-volumes", "-1"],
+    ["--train-volumes", "0", "--val-volumes", "0", "--test-volumes", "0"],
+    ["--accelerations", "0"],
+    ["--accelerations", "1"],
+    ["--accelerations", "4", "64"],
+    ["--size", "16", "--accelerations", "16"],
+    ["--coils", "4"],  # singlecoil
+    ["--challenge", "multicoil", "--coils", "0"],
+    ["--challenge", "multicoil", "--coils", "1000"],
+    ["--seed", "-1"],
+    ["--size", "1024", "--slices", "512", "--train-volumes", "100000"],  # no disk that big
+]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("extra", BAD_ARGS, ids=[" ".join(a) for a in BAD_ARGS])
+def test_cli_rejects_bad_input_before_writing(tmp_path, capsys, extra):
+    out = tmp_path / "data"
+    rc = main(["make-data", str(out), "--size", "32", "--slices", "2", "--quiet", *extra])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and "error:" in err
+    assert not out.exists()  # nothing written, not even the folder
+
+
+@pytest.mark.reliability
+def test_cli_rejects_unusable_output_paths(tmp_path, capsys):
+    afile = tmp_path / "a_file"
+    afile.write_text("x")
+    for out in (afile, afile / "below"):
+        rc = main(["make-data", str(out), "--size", "32", "--quiet"])
+        assert rc == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert afile.read_text() == "x"
+
+
+@pytest.mark.reliability
+def test_non_empty_folder_needs_overwrite(tmp_path, capsys):
+    out = tmp_path / "data"
+    (out / "singlecoil_train").mkdir(parents=True)
+    (out / "singlecoil_train" / "old.h5").write_text("old")
+    (out / "notes.txt").write_text("mine")
+    (out / "singlecoil_challenge").mkdir()
+    args = ["make-data", str(out), "--size", "32", "--slices", "1", "--train-volumes", "1",
+            "--val-volumes", "0", "--test-volumes", "1", "--quiet"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert (out / "singlecoil_train" / "old.h5").exists()
+    assert main(args + ["--overwrite"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["notes.txt", "singlecoil_challenge", "singlecoil_test",
+                     "singlecoil_test_gt", "singlecoil_train"]
+    assert [p.name for p in (out / "singlecoil_train").iterdir()] == ["file_knee_train_0000.h5"]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()],
+                         ids=["error", "ctrl-c"])
+def test_failure_leaves_nothing_half_written(tmp_path, monkeypatch, exc):
+    out = tmp_path / "data"
+    out.mkdir()
+    (out / "keep.txt").write_text("keep")
+    calls = []
+    real = S._write_volume
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise exc
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(S, "_write_volume", failing)
+    with pytest.raises(type(exc)):
+        S.make_dataset(out, size=32, num_slices=1, splits={"train": 3}, overwrite=True,
+                       progress=False)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # Through the CLI: Ctrl-C gives exit code 130, an error gives its traceback (a bug).
+    if isinstance(exc, KeyboardInterrupt):
+        calls.clear()
+        fresh = tmp_path / "fresh"
+        assert main(["make-data", str(fresh), "--size", "32", "--slices", "1", "--quiet"]) == 130
+        assert not fresh.exists()
+
+
+def test_library_validation_raises_user_error(tmp_path):
+    with pytest.raises(UserError):
+        S.make_volume("elbow")
+    with pytest.raises(UserError):
+        S.make_volume("knee", size=31)
+    with pytest.raises(UserError):
+        S.make_dataset(tmp_path / "x", splits={"training": 1})
+    with pytest.raises(UserError):
+        S.make_volume("brain", acquisition="CORPD_FBK")
+    assert not (tmp_path / "x").exists()
