@@ -24,10 +24,13 @@ def seed_worker_masks(worker_id: int) -> None:
     info = torch.utils.data.get_worker_info()
     rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
     datasets = getattr(info.dataset, "datasets", [info.dataset])
+    # info.seed is the loader's base seed + worker_id; every (rank, worker, dataset) triple
+    # gets its own offset from the base seed.
+    base_seed = info.seed - worker_id
     for index, dataset in enumerate(datasets):
         mask_func = getattr(getattr(dataset, "transform", None), "mask_func", None)
         if mask_func is not None:
-            seed = info.seed + (rank * info.num_workers + worker_id) * len(datasets) + index
+            seed = base_seed + (rank * info.num_workers + worker_id) * len(datasets) + index
             mask_func.rng.seed(seed % (2**32 - 1))
 
 
