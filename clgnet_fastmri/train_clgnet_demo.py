@@ -13,9 +13,11 @@ official fastMRI metrics of the saved reconstructions.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -28,7 +30,9 @@ from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
 from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
+from .checkpoints import read_checkpoint
 from .errors import UserError
+from .files import atomic_output
 from .evaluate import evaluate_folder, format_table, write_json
 from .figures import collect_slices, save_figure
 from .losses import imagenet_weights_available, imagenet_weights_path
@@ -45,7 +49,11 @@ DATA_DEFAULTS = dict(max_epochs=50, batch_size=10)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mode", choices=("train", "test"), default="train")
+    parser.add_argument(
+        "--mode", choices=("train", "validate", "test"), default="train",
+        help="train; validate a checkpoint on the val split (fastmri's metrics); or test: "
+        "write reconstructions of the test split and score them when targets exist",
+    )
 
     data = parser.add_argument_group("data")
     data.add_argument(
@@ -143,6 +151,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # The loss's VGG19 is frozen in eval mode on purpose; Lightning warns about it at every fit.
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     demo = args.data_path is None
     for key, value in (DEMO_DEFAULTS if demo else DATA_DEFAULTS).items():
         if getattr(args, key) is None:
@@ -160,8 +170,14 @@ def run(args: argparse.Namespace) -> int:
                     weights_only=True)
         if not demo:
             return 0
-        args.checkpoint = Path(trainer.checkpoint_callback.best_model_path)
-    test(args, data_module, trainer, args.checkpoint or best_checkpoint(checkpoints))
+        # A run cut short by --max_steps before its first validation has no best checkpoint.
+        callback = trainer.checkpoint_callback
+        args.checkpoint = Path(callback.best_model_path or callback.last_model_path)
+    checkpoint = args.checkpoint or best_checkpoint(checkpoints)
+    if args.mode == "validate":
+        validate(args, data_module, trainer, checkpoint)
+    else:
+        test(args, data_module, trainer, checkpoint)
     return 0
 
 
@@ -323,14 +339,28 @@ def best_checkpoint(checkpoints: Path) -> Path:
     return found[-1]
 
 
+def load_module(checkpoint: Path) -> CLGNetModule:
+    read_checkpoint(checkpoint)  # a clear error for a missing, unreadable or unsafe file
+    return CLGNetModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
+
+
+def validate(
+    args: argparse.Namespace, data_module: CLGNetDataModule, trainer: pl.Trainer, checkpoint: Path
+) -> None:
+    """fastmri's validation metrics of a checkpoint (the same on 1 or N processes)."""
+    metrics = trainer.validate(load_module(checkpoint), datamodule=data_module)[0]
+    if trainer.is_global_zero:
+        path = args.default_root_dir / "validation_metrics.json"
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps({"checkpoint": str(checkpoint), **metrics}, indent=2))
+        print(f"validation metrics written to {path}")
+
+
 def test(
     args: argparse.Namespace, data_module: CLGNetDataModule, trainer: pl.Trainer, checkpoint: Path
 ) -> None:
     """Reconstruct the test split with fastmri's saving code, then score it if targets exist."""
-    if not Path(checkpoint).is_file():
-        raise UserError(f"{checkpoint}: checkpoint not found")
-    model = CLGNetModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
-    trainer.test(model, datamodule=data_module)
+    trainer.test(load_module(checkpoint), datamodule=data_module)
     if not trainer.is_global_zero:
         return
     root = args.default_root_dir
