@@ -6,11 +6,13 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Callable, Dict, Optional, Union
 
 import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from .errors import UserError
+from .files import atomic_output
 from .models import CLGNet
 
 # The CLGNetModule hyperparameters that define the network (CLGNet's constructor arguments).
@@ -74,3 +76,35 @@ def load_clgnet(path: Union[str, os.PathLike]) -> CLGNet:
     except RuntimeError as exc:
         raise UserError(f"{path}: the weights do not fit the network they describe: {exc}") from None
     return model.eval()
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint I/O, writing each checkpoint atomically and reading it safely.
+
+    Lightning stages a checkpoint in the system temp folder and moves it into place; across
+    file systems (the usual case on clusters, where /tmp is a local disk) that move is a copy,
+    and a job killed during it leaves a truncated ``last.ckpt``. Here the file is written
+    under a temporary name in its own folder and renamed (``files.atomic_output``), and it is
+    read with ``torch.load(weights_only=True)`` unless the caller asks otherwise.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: Dict[str, Any], path: Union[str, os.PathLike],
+        storage_options: Optional[Any] = None,
+    ) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)  # remote storage
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_output(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(
+        self,
+        path: Union[str, os.PathLike],
+        map_location: Optional[Callable] = lambda storage, loc: storage,
+        weights_only: Optional[bool] = None,
+    ) -> Dict[str, Any]:
+        return super().load_checkpoint(
+            path, map_location, weights_only=True if weights_only is None else weights_only
+        )

@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Optional, Sequence
 
-from .errors import UserError
+from .errors import UserError, user_message
 
 # name -> (module, one-line help)
 COMMANDS = {
@@ -74,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(module.run(args) or 0)
     except UserError as exc:
-        print(f"clgnet-fastmri {name}: error: {exc}", file=sys.stderr)
+        print(f"clgnet-fastmri {name}: error: {user_message(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"clgnet-fastmri {name}: interrupted", file=sys.stderr)

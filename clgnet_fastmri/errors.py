@@ -15,18 +15,33 @@ class UserError(Exception):
 
 
 class DataError(UserError):
-    """A data file (or folder) that cannot be used, naming the file, the problem and the fix."""
+    """A data file (or folder) that cannot be used, naming the file, the problem and the fix.
+
+    ``DataError(text)`` with one argument is the form a DataLoader worker's error takes when
+    PyTorch re-raises it in the main process (``type(exc)(text with the worker's
+    traceback)``); accepting it keeps the error a DataError there (see ``user_message``).
+    """
 
     def __init__(
         self,
         path: Union[str, PathLike],
-        problem: str,
+        problem: Optional[str] = None,
         fix: Optional[str] = None,
     ):
         self.path = str(path)
         self.problem = problem
         self.fix = fix
-        message = f"{self.path}: {problem}"
+        message = self.path if problem is None else f"{self.path}: {problem}"
         if fix:
             message += f" ({fix})"
         super().__init__(message)
+
+
+def user_message(exc: UserError) -> str:
+    """The error's message on one line, also when a DataLoader worker re-raised it."""
+    text = str(exc).strip()
+    if "Original Traceback" in text:
+        # "... Original Traceback ...\n<module>.DataError: <the original message>"
+        last = text.splitlines()[-1]
+        return last.split(": ", 1)[1] if ": " in last else last
+    return text

@@ -41,20 +41,35 @@ def atomic_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
     The temporary file lives in the same folder (so the final ``os.replace`` is atomic on
-    POSIX file systems) and starts with ``.`` and ends with ``.partial`` so that folder scans
-    for ``*.h5`` never pick it up. On any exception, including ``KeyboardInterrupt``, it is
-    removed. A process killed with SIGKILL can leave a ``.*.partial`` file, never a file
-    under the final name.
+    POSIX file systems, which a move from the system temp folder is not when it crosses file
+    systems) and starts with ``.`` and ends with ``.partial`` so that folder scans never pick
+    it up. Its content is flushed to disk before the rename. On any exception, including
+    ``KeyboardInterrupt``, it is removed. A process killed with SIGKILL can leave a
+    ``.*.partial`` file, never a file under the final name.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    except OSError as exc:
+        raise UserError(
+            f"{path}: cannot write there ({exc.strerror}); choose a folder you can write to"
+        ) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         # mkstemp creates the file private (0600); give the result the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -30,7 +30,7 @@ from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
 from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
-from .checkpoints import read_checkpoint
+from .checkpoints import AtomicCheckpointIO, read_checkpoint
 from .errors import UserError
 from .files import atomic_output
 from .evaluate import evaluate_folder, format_table, write_json
@@ -304,6 +304,7 @@ def build_trainer(args: argparse.Namespace) -> pl.Trainer:
         enable_progress_bar=not args.no_progress_bar,
         # Keep fastmri's VolumeSampler for val/test under DDP (whole volumes per rank).
         use_distributed_sampler=False,
+        plugins=[AtomicCheckpointIO()],
         **{key: value for key, value in optional.items() if value is not None},
     )
 
