@@ -1,0 +1,304 @@
+"""CLGNet: the spec of DESIGN.md section 1, held against a literal re-implementation.
+
+The modules compute the paper's formulas in a rearranged, faster form (channels_last, 1x1
+convolutions as matrix products, the fuse convolution split and folded, Haar folded into the
+branch convolutions). ``_reference_*`` below is the formula written plainly, from the same
+parameters; the tests compare the two in float64.
+"""
+
+import copy
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from clgnet_fastmri.models import SFL, SFRB, SFRIR, CLGNet, FourierUnit
+from clgnet_fastmri.models.clgnet import _conv3x3_of_concat
+from clgnet_fastmri.models.sfl import _to_nchw
+
+
+def _tiny(**kwargs) -> CLGNet:
+    return CLGNet(**{"chans": 4, "num_sfrir": 1, "num_sfrb": 1, **kwargs})
+
+
+def _n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _randomise_bn(model: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm statistics and affine parameters, so eval mode is exercised."""
+    with torch.no_grad():
+        for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            bn.running_mean.normal_()
+            bn.running_var.uniform_(0.5, 2.0)
+            bn.weight.normal_(1.0, 0.2)
+            bn.bias.normal_()
+
+
+# --- the spec, written plainly -------------------------------------------------------------
+
+
+def _reference_fourier_unit(fu: FourierUnit, x):
+    if not fu.spectral:
+        return F.relu(fu.bn(fu.conv(x)))
+    b, c, h, w = x.shape
+    spec = torch.fft.rfft2(x, norm="ortho")
+    z = torch.stack([spec.real, spec.imag], dim=2).reshape(b, 2 * c, h, -1)  # re_0, im_0, ...
+    z = F.relu(fu.bn(fu.conv(z))).reshape(b, c, 2, h, -1)
+    return torch.fft.irfft2(torch.complex(z[:, :, 0], z[:, :, 1]), s=(h, w), norm="ortho")
+
+
+def _reference_sfl(sfl: SFL, x):
+    return sfl.fuse(torch.cat([sfl.local(x), _reference_fourier_unit(sfl.fourier, x)], dim=1))
+
+
+def _reference_sfrb(sfrb: SFRB, x):
+    return x + _reference_sfl(sfrb.sfl2, F.relu(_reference_sfl(sfrb.sfl1, x)))
+
+
+def _reference_sfrir(sfrir: SFRIR, x):
+    y = x
+    for block in sfrir.blocks:
+        y = _reference_sfrb(block, y)
+    return x + sfrir.conv(y)
+
+
+def _reference_branch(branch, x):
+    y = branch.head(branch.dwt(x) if branch.dwt is not None else F.pixel_unshuffle(x, 2))
+    for group in branch.body:
+        y = _reference_sfrir(group, y)
+    y = branch.tail(y)
+    y = branch.idwt(y) if branch.idwt is not None else F.pixel_shuffle(y, 2)
+    return y + x if branch.skip else y
+
+
+def _reference_clgnet(model: CLGNet, image):
+    h, w = image.shape[-2:]
+    x = F.pad(image, (0, w % 2, 0, h % 2), mode="replicate")
+    feats = model.net_pre(x)
+    o_w = _reference_branch(model.wavelet_branch, feats)
+    o_s = _reference_branch(model.spatial_branch, feats)
+    return model.net_out(torch.cat([o_w, o_s], dim=1))[..., :h, :w]
+
+
+def _check_against_reference(module, reference, x, train: bool):
+    """Output, BatchNorm running statistics and (in train mode) gradients equal the reference's."""
+    module = module.double().train(train)
+    twin = copy.deepcopy(module)
+    x = x.clone().requires_grad_(train)
+    x_twin = x.detach().clone().requires_grad_(train)
+    out = module(x)
+    expected = reference(twin, x_twin)
+    torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
+    for (name, a), b in zip(module.named_buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+    if train:
+        grad = torch.randn_like(out)
+        out.backward(grad)
+        expected.backward(grad)
+        torch.testing.assert_close(x.grad, x_twin.grad, rtol=1e-8, atol=1e-9)
+        for (name, a), b in zip(module.named_parameters(), twin.parameters()):
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-9, msg=name)
+
+
+# --- parameter counts ----------------------------------------------------------------------
+
+
+def test_parameter_counts_match_the_paper():
+    default = _n_params(CLGNet())
+    assert default == pytest.approx(969_153, rel=0.01)  # paper: 0.96 M
+    assert _n_params(CLGNet(global_module="none")) == pytest.approx(819_000, rel=0.01)  # 0.81 M
+    assert _n_params(CLGNet(wavelet=None)) == default  # "w/o wavelet" keeps the count
+    model = CLGNet()
+    assert _n_params(model.wavelet_branch) == _n_params(model.spatial_branch)
+
+
+# --- each block against its formula ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(10, 14), (9, 13)])
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("spectral", [True, False])
+def test_fourier_unit_and_sfl_follow_their_formulas(train, spectral, size):
+    torch.manual_seed(0)
+    x = torch.randn(2, 6, *size, dtype=torch.float64)
+    fu = FourierUnit(6, spectral)
+    sfl = SFL(6, spectral)
+    _randomise_bn(fu), _randomise_bn(sfl)
+    _check_against_reference(fu, _reference_fourier_unit, x, train)
+    _check_against_reference(sfl, _reference_sfl, x, train)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_sfrb_and_sfrir_follow_their_formulas(train):
+    torch.manual_seed(1)
+    x = torch.randn(2, 4, 8, 12, dtype=torch.float64)
+    _check_against_reference(SFRB(4), _reference_sfrb, x, train)
+    _check_against_reference(SFRIR(4, num_sfrb=2), _reference_sfrir, x, train)
+
+
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"wavelet": "db2"}, {"wavelet": None}, {"global_module": "none"}, {"out_chans": 2}],
+    ids=["haar", "db2", "no-wavelet", "no-fft", "2-out"],
+)
+def test_clgnet_follows_its_formula(kwargs, train):
+    torch.manual_seed(2)
+    model = _tiny(num_sfrb=2, in_chans=2, **kwargs)
+    _randomise_bn(model)
+    x = torch.randn(2, 2, 12, 18, dtype=torch.float64)  # odd width in the branches
+    _check_against_reference(model, _reference_clgnet, x, train)
+
+
+def test_odd_sizes_are_padded_by_replication_and_cropped():
+    torch.manual_seed(3)
+    model = _tiny().double().eval()
+    x = torch.randn(1, 1, 11, 14, dtype=torch.float64)
+    torch.testing.assert_close(model(x), _reference_clgnet(model, x), rtol=1e-9, atol=1e-9)
+    padded = F.pad(x, (0, 0, 0, 1), mode="replicate")
+    torch.testing.assert_close(model(x), model(padded)[..., :11, :], rtol=1e-9, atol=1e-9)
+
+
+def test_net_out_without_concatenation_equals_the_convolution():
+    a = torch.randn(2, 5, 9, 7).contiguous(memory_format=torch.channels_last)
+    b = torch.randn(2, 3, 9, 7)
+    for out_chans in (1, 3):
+        weight, bias = torch.randn(out_chans, 8, 3, 3), torch.randn(out_chans)
+        expected = F.conv2d(torch.cat([a, b], 1), weight, bias, padding=1)
+        torch.testing.assert_close(_conv3x3_of_concat([a, b], weight, bias), expected,
+                                   rtol=1e-4, atol=1e-4)
+
+
+# --- receptive fields -----------------------------------------------------------------------
+
+
+def _change_from_one_pixel(module, shape=(1, 3, 16, 16), at=(0, 0)):
+    module = module.double().eval()
+    x = torch.randn(shape, dtype=torch.float64)
+    y = x.clone()
+    y[..., at[0], at[1]] += 1.0
+    with torch.no_grad():
+        return (module(y) - module(x)).abs().amax(dim=(0, 1))
+
+
+def test_fourier_unit_sees_the_whole_image():
+    torch.manual_seed(4)
+    fu = FourierUnit(3)
+    with torch.no_grad():
+        fu.conv.weight.normal_()  # every output frequency depends on every input frequency
+    assert (_change_from_one_pixel(fu) > 1e-9).all()
+
+
+def test_local_only_variant_does_not():
+    torch.manual_seed(5)
+    assert (_change_from_one_pixel(FourierUnit(3, spectral=False))[1:, 1:] == 0).all()
+    change = _change_from_one_pixel(SFL(3, spectral=False), at=(8, 8))
+    assert change[7:10, 7:10].max() > 0
+    change[7:10, 7:10] = 0
+    assert (change == 0).all()  # nothing outside the 3x3 neighbourhood
+    spectral = _change_from_one_pixel(SFL(3), at=(8, 8))
+    assert (spectral[:3, :3] > 0).all()  # while the full SFL reaches the far corner
+
+
+# --- shapes, gradients, modes, precision ----------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(256, 256), (320, 320), (320, 368), (33, 47), (17, 16)])
+def test_output_has_the_input_size(size):
+    model = _tiny(chans=2).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, *size))
+    assert out.shape == (1, 1, *size) and out.is_contiguous()
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(6)
+    model = _tiny(num_sfrir=2, num_sfrb=2).train()
+    model(torch.randn(2, 1, 16, 12)).square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
+    assert not missing
+
+
+def test_eval_is_per_image_and_train_uses_batch_statistics():
+    torch.manual_seed(7)
+    model = _tiny()
+    x = torch.randn(3, 1, 16, 16)
+    bn = model.wavelet_branch.body[0].blocks[0].sfl1.fourier.bn
+    model.eval()
+    with torch.no_grad():
+        alone, in_batch = model(x[:1]), model(x)[:1]
+    torch.testing.assert_close(alone, in_batch, rtol=1e-4, atol=1e-5)  # batch size 1 works
+    assert bn.num_batches_tracked == 0
+    model.train()
+    with torch.no_grad():
+        alone, in_batch = model(x[:1]), model(x)[:1]
+    assert not torch.allclose(alone, in_batch, atol=1e-4)  # statistics of the batch
+    assert bn.num_batches_tracked == 2 and bn.running_mean.abs().sum() > 0
+
+
+def test_bad_arguments_are_refused():
+    with pytest.raises(ValueError, match="global_module"):
+        CLGNet(global_module="attention")
+    with pytest.raises(ValueError, match="B x 1 x H x W"):
+        _tiny()(torch.randn(1, 2, 8, 8))
+
+
+def test_bfloat16_autocast_keeps_the_ffts_in_float32(monkeypatch):
+    torch.manual_seed(8)
+    model = _tiny(chans=8).eval()
+    x = torch.randn(2, 1, 24, 20)
+    seen = []
+    for name in ("rfft2", "irfftn"):
+        fft = getattr(torch.fft, name)
+        monkeypatch.setattr(torch.fft, name,
+                            lambda t, *a, _fft=fft, **k: seen.append(t.dtype) or _fft(t, *a, **k))
+    with torch.no_grad():
+        expected = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+    assert seen and set(seen) <= {torch.float32, torch.complex64}
+    assert torch.isfinite(out).all()
+    assert (out.float() - expected).abs().max() < 0.05 * expected.abs().max()
+
+
+def test_channels_last_model_and_input_give_the_same_output():
+    torch.manual_seed(9)
+    model = _tiny(in_chans=3).eval()
+    x = torch.randn(2, 3, 16, 20)
+    with torch.no_grad():
+        expected = model(x)
+        model.to(memory_format=torch.channels_last)
+        out = model(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.mkldnn, "matmul"), reason="torch < 2.9")
+@pytest.mark.parametrize("precision", ["none", "bf16"])
+def test_fft_input_transpose_is_exact_whatever_the_matmul_precision(precision):
+    # The channels_last -> NCHW copy before the FFT may be a product with the identity; under a
+    # reduced float32 matmul precision that product would round the image to bfloat16.
+    x = torch.randn(2, 32, 24, 20).contiguous(memory_format=torch.channels_last)
+    matmul = torch.backends.mkldnn.matmul
+    before = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = precision
+        out = _to_nchw(x)
+    finally:
+        matmul.fp32_precision = before
+    assert out.is_contiguous() and torch.equal(out, x)
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:Torchinductor does not support code generation for complex")
+@pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                    reason="torch.compile's CPU backend needs a C++ compiler")
+def test_torch_compile_gives_the_eager_output():
+    torch.manual_seed(11)
+    model = _tiny(chans=2).eval()
+    x = torch.randn(1, 1, 12, 12)
+    with torch.no_grad():
+        expected = model(x)
+        out = torch.compile(model)(x)
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4)
