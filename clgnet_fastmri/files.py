@@ -67,6 +67,16 @@ def atomic_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
         raise
 
 
+def remove_partials(folder: Union[str, os.PathLike], name: str = "*") -> None:
+    """Delete the temporary files that ``atomic_output`` left in ``folder`` for outputs called
+    ``name`` (a glob) when a process writing them was killed: SIGKILL gives it no chance to
+    clean up."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(f".{name}.*.partial"):
+            stale.unlink(missing_ok=True)
+
+
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -34,7 +34,7 @@ from .data.mri_data import CheckedSliceDataset
 from .data.transforms import CLGNetDataTransform
 from .errors import DataError, UserError
 from .figures import collect_slices, save_figure
-from .files import atomic_output, ensure_writable_dir
+from .files import atomic_output, ensure_writable_dir, remove_partials
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,9 @@ def predict(
     seeded mask; leave it None for test/challenge folders, whose k-space is already masked.
     """
     model = load_clgnet(checkpoint)
+    # Left by an export killed midway: they are not output.
+    remove_partials(output)
+    remove_partials(output.parent, output.with_suffix(".zip").name)
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise UserError(f"{output}: the output folder is not empty; pass --overwrite")
     dataset = CheckedSliceDataset(

@@ -114,6 +114,7 @@ def test_figure_has_the_expected_panels(submission):
     assert "PSNR 20.00 dB" in titles[2]  # error 0.1 of peak 1
 
 
+@pytest.mark.reliability
 def test_missing_or_misshapen_prediction_is_named(knee_data, submission, tmp_path, capsys):
     out, _ = submission
     gt = knee_data / "singlecoil_test_gt"
@@ -138,6 +139,7 @@ def test_missing_or_misshapen_prediction_is_named(knee_data, submission, tmp_pat
         check_submission(broken, knee_data / "singlecoil_test", "singlecoil", False)
 
 
+@pytest.mark.reliability
 def test_interrupted_export_leaves_no_partial_file(knee_data, checkpoint, tmp_path, monkeypatch):
     import clgnet_fastmri.predict as predict_module
 
@@ -164,6 +166,15 @@ def test_interrupted_export_leaves_no_partial_file(knee_data, checkpoint, tmp_pa
         assert hf["reconstruction"].shape[0] == 3
     assert not out.with_suffix(".zip").exists()
 
+    # What SIGKILL leaves (no chance to clean up): the next export removes its own leftovers
+    # and nobody else's.
+    (out / f".{left[0]}.k2j4.partial").write_bytes(b"half")
+    (tmp_path / ".sub.zip.x81q.partial").write_bytes(b"half")
+    (tmp_path / ".other.ckpt.a1.partial").write_bytes(b"someone else's")
+    predict(checkpoint, knee_data / "singlecoil_test", out, overwrite=True, progress=False)
+    assert not list(out.glob(".*")) and out.with_suffix(".zip").is_file()
+    assert [p.name for p in tmp_path.glob(".*.partial")] == [".other.ckpt.a1.partial"]
+
 
 def test_v2_names_and_masked_fully_sampled_input(knee_data, checkpoint, tmp_path):
     mask = RandomMaskFunc([0.08], [4])
@@ -177,6 +188,7 @@ def test_v2_names_and_masked_fully_sampled_input(knee_data, checkpoint, tmp_path
         assert sorted(archive.namelist()) == sorted(result.names)
 
 
+@pytest.mark.reliability
 def test_predict_refuses_a_non_empty_output(knee_data, checkpoint, submission):
     out, _ = submission
     with pytest.raises(UserError, match="not empty"):
@@ -193,6 +205,7 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.reliability
 def test_checkpoint_errors_are_clear_and_pickles_never_run(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_clgnet(tmp_path / "nope.ckpt")

@@ -46,6 +46,7 @@ def test_train_then_test_writes_reconstructions_metrics_and_figure(knee_data, tm
     assert (root / "reconstructions.png").stat().st_size > 0
 
 
+@pytest.mark.reliability
 def test_resume_continues_at_the_saved_step(knee_data, tmp_path):
     root = tmp_path / "run"
     common = ["--data_path", str(knee_data), "--default_root_dir", str(root)]
@@ -61,6 +62,7 @@ def test_resume_continues_at_the_saved_step(knee_data, tmp_path):
     assert adam_steps == {6}  # the optimiser state came back with the checkpoint
 
 
+@pytest.mark.reliability
 def test_resume_without_a_checkpoint_is_a_one_line_error(knee_data, tmp_path, capsys):
     code = train("--data_path", str(knee_data), "--default_root_dir", str(tmp_path), "--resume")
     err = capsys.readouterr().err
@@ -85,6 +87,7 @@ def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.reliability
 def test_ddp_on_two_cpu_processes_matches_one_process(knee_data, tmp_path):
     """fastmri's VolumeSampler sends each val/test volume whole to one rank and the bridge
     sums the per-volume metrics over ranks, so 2 processes give 1 process's numbers and
