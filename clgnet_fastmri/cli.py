@@ -32,6 +32,7 @@ COMMANDS = {
         "clgnet_fastmri.evaluate",
         "score reconstructions with the official fastMRI metrics (NMSE, PSNR, SSIM)",
     ),
+    "bench": ("clgnet_fastmri.bench", "speed and quality benchmarks against fastmri's U-Net"),
 }
 
 

@@ -4,9 +4,12 @@ The numbers are those of ``fastmri.evaluate.evaluate()``: the same metric functi
 (``fastmri.evaluate.METRIC_FUNCS``: MSE, NMSE, PSNR and SSIM of each whole volume, with the
 volume's maximum as the peak value), the same centre crop to the target's width, the same
 acquisition/acceleration filters, and runstats for mean and spread. What this adds:
-per-volume numbers, a table and a JSON file, and a message naming any prediction file that is
+per-volume numbers, a table and a JSON file, a message naming any prediction file that is
 missing or misshapen instead of an h5py traceback (fastmri's own ``python -m
-fastmri.evaluate`` also crashes when printing on today's numpy).
+fastmri.evaluate`` also crashes when printing on today's numpy), and a BANDING column
+(``banding.metric.banding_score``, in dB: error energy in streaks along the phase-encoding
+direction, the image width, over that across it; 0 = no banding). It costs one FFT of each
+volume, well under the cost of SSIM, so it is always reported.
 """
 
 from __future__ import annotations
@@ -184,9 +187,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def score_folder(
+    target_path: Path,
+    predictions_path: Path,
+    challenge: str,
+    acceleration: Optional[int] = None,
+    acquisition: Optional[str] = None,
+) -> EvaluationResult:
+    """``evaluate_folder`` plus the BANDING column: what ``evaluate`` and the demo report."""
+    # banding imports clgnet_fastmri, not the reverse: it is reached only when scoring.
+    from banding.metric import banding_score
+
+    return evaluate_folder(target_path, predictions_path, challenge, acceleration, acquisition,
+                           extra_metrics={"BANDING": banding_score})
+
+
 def run(args: argparse.Namespace) -> int:
-    result = evaluate_folder(
-        args.target_path, args.predictions_path, args.challenge, args.acceleration, args.acquisition
+    result = score_folder(
+        args.target_path, args.predictions_path, args.challenge, args.acceleration,
+        args.acquisition
     )
     print(format_table(result))
     output = args.output or args.predictions_path.with_name(

@@ -32,3 +32,28 @@ def multicoil_data(tmp_path_factory) -> Path:
     return _dataset(
         tmp_path_factory.mktemp("brain_mc"), anatomy="brain", challenge="multicoil", num_coils=4
     )
+
+
+@pytest.fixture
+def make_trainer():
+    """``make_trainer(root, **overrides)``: a quiet 1-epoch CPU Trainer for tiny fits (no
+    logger, checkpoints, progress bar, model summary or sanity validation)."""
+    import pytorch_lightning as pl
+
+    def make(root: Path, **overrides) -> pl.Trainer:
+        options = dict(
+            accelerator="cpu",
+            devices=1,
+            max_epochs=1,
+            default_root_dir=root,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=1,
+        )
+        options.update(overrides)
+        return pl.Trainer(**options)
+
+    return make

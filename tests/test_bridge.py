@@ -53,23 +53,6 @@ def data_module(
     )
 
 
-def trainer(root: Path, logger, **kwargs) -> pl.Trainer:
-    options = dict(
-        accelerator="cpu",
-        devices=1,
-        max_epochs=1,
-        default_root_dir=root,
-        logger=logger,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        log_every_n_steps=1,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
-
-
 def official(target_dir: Path, recon_dir: Path, key: str) -> dict:
     args = argparse.Namespace(
         target_path=target_dir, predictions_path=recon_dir, acquisition=None, acceleration=None
@@ -92,11 +75,13 @@ def assert_bridge_metrics_are_official(logged: dict, target_dir: Path, recon_dir
     ],
     ids=["clgnet", "fastmri-unet"],
 )
-def test_fit_validate_test_and_metrics_equal_fastmri_evaluate(knee_data, tmp_path, make_model):
+def test_fit_validate_test_and_metrics_equal_fastmri_evaluate(
+    knee_data, tmp_path, make_model, make_trainer
+):
     pl.seed_everything(0)
     model = make_model()
     dm = data_module(knee_data)
-    run = trainer(tmp_path, CSVLogger(tmp_path, name="logs"))
+    run = make_trainer(tmp_path, logger=CSVLogger(tmp_path, name="logs"))
     run.fit(model, datamodule=dm)
     assert run.global_step == 3  # 2 train volumes x 3 slices, batch 2
 
@@ -113,20 +98,20 @@ def test_fit_validate_test_and_metrics_equal_fastmri_evaluate(knee_data, tmp_pat
     assert "val_metrics/ssim" in metrics_csv
 
 
-def test_clgnet_logs_loss_parts(knee_data, tmp_path):
+def test_clgnet_logs_loss_parts(knee_data, tmp_path, make_trainer):
     model = CLGNetModule(**TINY_CLGNET)
-    run = trainer(tmp_path, CSVLogger(tmp_path, name="logs"))
+    run = make_trainer(tmp_path, logger=CSVLogger(tmp_path, name="logs"))
     run.fit(model, datamodule=data_module(knee_data))
     header = (Path(run.logger.log_dir) / "metrics.csv").read_text().splitlines()[0]
     for name in ("train_loss", "train_l1", "train_contrastive", "validation_loss"):
         assert name in header
 
 
-def test_varnet_baseline_trains_through_bridge(multicoil_data, tmp_path):
+def test_varnet_baseline_trains_through_bridge(multicoil_data, tmp_path, make_trainer):
     model = VarNetModule(num_cascades=1, pools=2, chans=4, sens_pools=2, sens_chans=4)
     # fastmri's VarNet takes one slice per batch.
     dm = data_module(multicoil_data, "multicoil", transform=VarNetDataTransform, batch_size=1)
-    run = trainer(tmp_path, CSVLogger(tmp_path, name="logs"))
+    run = make_trainer(tmp_path, logger=CSVLogger(tmp_path, name="logs"))
     run.fit(model, datamodule=dm)
     logged = run.validate(model, datamodule=dm)[0]
     run.test(model, datamodule=dm)
@@ -136,11 +121,11 @@ def test_varnet_baseline_trains_through_bridge(multicoil_data, tmp_path):
     )
 
 
-def test_tensorboard_logger_gets_validation_images(knee_data, tmp_path):
+def test_tensorboard_logger_gets_validation_images(knee_data, tmp_path, make_trainer):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model = CLGNetModule(**TINY_CLGNET, num_log_images=2)
-    run = trainer(tmp_path, TensorBoardLogger(tmp_path, name="tb"))
+    run = make_trainer(tmp_path, logger=TensorBoardLogger(tmp_path, name="tb"))
     run.fit(model, datamodule=data_module(knee_data))
     events = EventAccumulator(run.logger.log_dir, size_guidance={"images": 0})
     events.Reload()
@@ -150,20 +135,20 @@ def test_tensorboard_logger_gets_validation_images(knee_data, tmp_path):
     assert "val_metrics/psnr" in events.Tags()["scalars"]
 
 
-def test_csv_logger_path_runs_without_tensorboard(knee_data, tmp_path, monkeypatch):
+def test_csv_logger_path_runs_without_tensorboard(knee_data, tmp_path, monkeypatch, make_trainer):
     # Make "import tensorboard" fail, as on a machine without it.
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     logger = build_logger(None, tmp_path)
     assert isinstance(logger, CSVLogger)
     model = CLGNetModule(**TINY_CLGNET, num_log_images=4)
-    run = trainer(tmp_path, logger)
+    run = make_trainer(tmp_path, logger=logger)
     run.fit(model, datamodule=data_module(knee_data))
     assert "val_metrics/nmse" in (Path(logger.log_dir) / "metrics.csv").read_text()
 
 
-def test_checkpoint_holds_no_vgg_and_loads_safely(knee_data, tmp_path):
+def test_checkpoint_holds_no_vgg_and_loads_safely(knee_data, tmp_path, make_trainer):
     model = CLGNetModule(**TINY_CLGNET)
-    run = trainer(tmp_path, False, enable_checkpointing=True)
+    run = make_trainer(tmp_path, logger=False, enable_checkpointing=True)
     run.fit(model, datamodule=data_module(knee_data))
     path = tmp_path / "model.ckpt"
     run.save_checkpoint(path)

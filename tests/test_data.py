@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from fastmri.data import SliceDataset
 from fastmri.data.subsample import RandomMaskFunc
 from fastmri.data.transforms import UnetDataTransform
 
@@ -180,6 +181,26 @@ def test_transform_matches_fastmri_and_crops_aligned(knee_data):
     ]
     assert len(windows) == 1
 
+
+
+def test_mask_is_applied_to_fully_sampled_files_only(knee_data):
+    """One transform for val, test and challenge folders: a file that holds its own mask is
+    already undersampled and must not be masked again."""
+    mask = RandomMaskFunc([0.08], [4])
+    for split in ("val", "test"):
+        folder = knee_data / f"singlecoil_{split}"
+        ours = CheckedSliceDataset(folder, "singlecoil",
+                                   transform=CLGNetDataTransform("singlecoil", mask))[0]
+        as_stored = SliceDataset(folder, "singlecoil", transform=UnetDataTransform("singlecoil"),
+                                 use_dataset_cache=False)[0]
+        masked = SliceDataset(folder, "singlecoil", use_dataset_cache=False,
+                              transform=UnetDataTransform("singlecoil", mask))[0]
+        if split == "val":  # fully sampled: undersampled like fastmri's transform does it
+            torch.testing.assert_close(ours.image, masked.image)
+            assert not torch.allclose(ours.image, as_stored.image)
+        else:  # masked on disk: used as it is (fastmri's transform would mask it twice)
+            torch.testing.assert_close(ours.image, as_stored.image)
+            assert not torch.allclose(masked.image, as_stored.image)
 
 def _module(root: Path, **kwargs) -> CLGNetDataModule:
     mask = RandomMaskFunc([0.08], [4])

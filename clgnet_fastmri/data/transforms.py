@@ -20,7 +20,9 @@ class CLGNetDataTransform:
 
     Args:
         which_challenge: "singlecoil" or "multicoil".
-        mask_func: fastmri mask function; None for test data, whose k-space is already masked.
+        mask_func: fastmri mask function, applied to fully sampled k-space only: a file that
+            holds a ``mask`` (a test or challenge file) is already undersampled and is used as
+            it is, so one transform serves validation, test and challenge folders alike.
         use_seed: Seed the mask from the file name (the same mask for every slice of a volume,
             every epoch): True for validation, False for training.
         crop_size: If given, a random (height, width) crop of image and target at the same
@@ -37,6 +39,7 @@ class CLGNetDataTransform:
         crop_size: Optional[Tuple[int, int]] = None,
     ):
         self.unet_transform = UnetDataTransform(which_challenge, mask_func, use_seed)
+        self.masked_transform = UnetDataTransform(which_challenge, None, use_seed)
         self.crop_size = crop_size
 
     @property
@@ -53,7 +56,8 @@ class CLGNetDataTransform:
         fname: str,
         slice_num: int,
     ) -> UnetSample:
-        sample = self.unet_transform(kspace, mask, target, attrs, fname, slice_num)
+        transform = self.unet_transform if mask is None else self.masked_transform
+        sample = transform(kspace, mask, target, attrs, fname, slice_num)
         if self.crop_size is None:
             return sample
         height, width = sample.image.shape[-2:]

@@ -41,26 +41,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .attention import RSTB, SelfAttentionBlock
 from .dwt import DWT, IDWT
 from .sfl import SFRIR, _rows
 
-#: Values of ``CLGNet(global_module=...)``: how each SFL learns global information.
-GLOBAL_MODULES = ("fourier", "none")
+#: Values of ``CLGNet(global_module=...)``: how each branch body learns global information.
+GLOBAL_MODULES = ("fourier", "none", "self_attention", "swin")
 
 
 def make_body(chans: int, num_sfrir: int, num_sfrb: int, global_module: str) -> nn.Sequential:
     """The per-branch body: ``num_sfrir`` SFRIRs of ``num_sfrb`` SFRBs at ``chans`` channels.
 
     ``global_module`` selects the global-information variant of the paper's Table 4:
-    "fourier" (CLGNet: SFLs with the Fourier unit) or "none" (CLGNet_non = "w/o SFL" of
-    Table 3: the FFT pair removed, local information only). The table's other two variants
-    belong here too: CLGNet_SA (self-attention after each SFRIR of the "none" body) and
-    CLGNet_Tran (SwinIR's RSTB in place of each SFRIR).
+    "fourier" (CLGNet: SFLs with the Fourier unit), "none" (CLGNet_non = "w/o SFL" of
+    Table 3: the FFT pair removed, local information only), "self_attention" (CLGNet_SA: the
+    "none" body with a global ``SelfAttentionBlock`` after each SFRIR) or "swin"
+    (CLGNet_Tran: SwinIR's ``RSTB`` in place of each SFRIR; ``num_sfrb`` does not apply).
+    Sizes and parameter counts of the last two: ``attention.py``.
     """
     if global_module not in GLOBAL_MODULES:
         raise ValueError(f"global_module must be one of {GLOBAL_MODULES}, got {global_module!r}")
+    if global_module == "swin":
+        return nn.Sequential(*[RSTB(chans) for _ in range(num_sfrir)])
     spectral = global_module == "fourier"
-    return nn.Sequential(*[SFRIR(chans, num_sfrb, spectral) for _ in range(num_sfrir)])
+    blocks: List[nn.Module] = []
+    for _ in range(num_sfrir):
+        blocks.append(SFRIR(chans, num_sfrb, spectral))
+        if global_module == "self_attention":
+            blocks.append(SelfAttentionBlock(chans))
+    return nn.Sequential(*blocks)
 
 
 class Branch(nn.Module):
@@ -137,7 +146,8 @@ class CLGNet(nn.Module):
         wavelet: PyWavelets name of an orthogonal wavelet for the wavelet branch (paper:
             Haar). ``None`` is the "w/o wavelet" ablation: the spatial branch's module takes
             the wavelet branch's place (same parameter count).
-        global_module: "fourier" (paper) or "none" (the "w/o SFL" ablation, CLGNet_non).
+        global_module: "fourier" (paper), "none" (the "w/o SFL" ablation, CLGNet_non),
+            "self_attention" (CLGNet_SA) or "swin" (CLGNet_Tran), see ``make_body``.
     """
 
     def __init__(

@@ -1,0 +1,350 @@
+"""``clgnet-fastmri bench speed``: parameters, FLOPs, time and memory, side by side with U-Net.
+
+For every image size and model, in one process, one after the other:
+
+- parameters, and forward FLOPs of one slice counted by ``torch.utils.flop_counter``
+  (reported in GMac = FLOPs / 2, the unit of the paper's Tables 2 and 4). The counter knows
+  matrix products, convolutions and attention kernels; FFTs, norms and element-wise work are
+  not counted (as in the paper's counters).
+- inference time per slice (batch 1, ``torch.inference_mode``, eval mode): warm-up calls, then
+  the median of ``--repeats`` timed calls.
+- training-step time at ``--batch-size``: forward, loss, backward and an Adam step, with L1
+  only and with CLGNet's loss ``L1 + 0.05 L_CL`` (VGG19 randomly initialised: the ImageNet
+  weights are not needed to time it). The difference is the contrastive loss's cost, reported
+  beside its share of the step's FLOPs (forward and backward, counted the same way).
+- peak memory of each measured call: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the
+  peak resident set size above the call's start (``/proc/self/statm`` sampled every
+  millisecond by a thread, after glibc's ``malloc_trim`` has returned freed memory to the
+  OS), i.e. the memory the calls took, allocator caching included.
+
+Each time is also given as a ratio to U-Net's time at the same size in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from ..errors import UserError
+from ..files import atomic_output
+from ..losses import CLGNetLoss, ContrastiveLoss, VGG19Features
+from .variants import NETWORKS, UNET, VARIANTS, build_network, count_parameters
+
+DEFAULT_SIZES = (256, 320, 512)
+ALPHA = 0.05  # the paper's weight of L_CL
+K_NEGATIVES = 6
+
+_aten = torch.ops.aten
+
+
+def _as_registered(op) -> Callable:
+    """torch's own formula for ``op``, marked so the counter does not wrap it a second time."""
+    formula = flop_registry[op]
+
+    def count(*args, **kwargs) -> int:
+        return formula(*args, **kwargs)
+
+    count._get_raw = True  # type: ignore[attr-defined]
+    return count
+
+
+# Ops torch's counter does not list: the in-place batched product CLGNet's 1x1 convolutions
+# use, and the CPU kernels of scaled_dot_product_attention.
+_EXTRA_FLOPS = {
+    _aten.baddbmm_: _as_registered(_aten.baddbmm),
+    _aten._scaled_dot_product_flash_attention_for_cpu:
+        _as_registered(_aten._scaled_dot_product_flash_attention),
+    _aten._scaled_dot_product_flash_attention_for_cpu_backward:
+        _as_registered(_aten._scaled_dot_product_flash_attention_backward),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", choices=NETWORKS, default=list(NETWORKS),
+                        help="networks to measure (U-Net is always measured first: the ratios "
+                        "are to it)")
+    parser.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES),
+                        help="square image sizes")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: all available)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="model and inputs in channels_last memory format")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls (median reported)")
+    parser.add_argument("--batch-size", type=int, default=4, help="training-step batch size")
+    parser.add_argument("--no-train", action="store_true", help="inference only")
+    parser.add_argument("--no-flops", action="store_true", help="skip the FLOP counts")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: CUDA is not available; use --device cpu")
+    if min(args.sizes) < 16 or min(args.warmup, args.repeats - 1, args.batch_size - 1) < 0:
+        raise UserError("sizes must be >= 16, --repeats and --batch-size >= 1, --warmup >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    names = [UNET] + [m for m in args.models if m != UNET]
+    rows = []
+    for size in args.sizes:
+        for name in names:
+            rows.append(measure(name, size, args, device))
+            print(_progress(rows[-1]), file=sys.stderr, flush=True)
+    add_ratios(rows)
+    meta = machine(device, args)
+    print(format_tables(rows, meta))
+    if args.json:
+        with atomic_output(args.json) as tmp:
+            tmp.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+        print(f"results written to {args.json}")
+    return 0
+
+
+def machine(device: torch.device, args: argparse.Namespace) -> Dict[str, object]:
+    """What the numbers were measured on and how."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = _cpu_model()
+    return {
+        "argv": sys.argv,
+        "device": f"{device.type}: {name}",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "date": datetime.date.today().isoformat(),
+        "bf16": args.bf16, "channels_last": args.channels_last, "compile": args.compile,
+        "batch_size": args.batch_size, "warmup": args.warmup, "repeats": args.repeats,
+    }
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown CPU"
+
+
+def measure(name: str, size: int, args: argparse.Namespace, device: torch.device) -> Dict:
+    """All figures of one network at one size."""
+    torch.manual_seed(0)
+    model = build_network(name).to(device)
+    row: Dict = {"model": name, "label": VARIANTS[name].label, "size": size,
+                 "params": count_parameters(model)}
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if args.compile else model
+    autocast = _autocast(device, args.bf16)
+    image = _inputs(1, size, device, args.channels_last)
+    model.eval()
+    if not args.no_flops:
+        with torch.inference_mode(), autocast():
+            row["gmac"] = count_flops(lambda: model(image)) / 2e9
+
+    def infer() -> None:
+        with torch.inference_mode(), autocast():
+            net(image)
+
+    row["infer_s"], row["infer_peak_mb"] = timed(infer, args.warmup, args.repeats, device)
+    if args.no_train:
+        return row
+    model.train()
+    batch = _inputs(args.batch_size, size, device, args.channels_last)
+    target = torch.randn_like(batch)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    for key, alpha in (("l1", 0.0), ("cl", ALPHA)):
+        loss = _loss(alpha).to(device)
+
+        def step(network: nn.Module = net) -> None:
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                parts = loss(network(batch), target, batch)
+            parts.total.backward()
+            optimizer.step()
+
+        row[f"train_{key}_s"], row[f"train_{key}_peak_mb"] = timed(
+            step, args.warmup, args.repeats, device
+        )
+        if not args.no_flops:
+            row[f"train_{key}_gmac"] = count_flops(lambda: step(model)) / 2e9
+    return row
+
+
+def _loss(alpha: float) -> CLGNetLoss:
+    if alpha == 0:
+        return CLGNetLoss(alpha=0.0)
+    contrastive = ContrastiveLoss(k_negatives=K_NEGATIVES, features=VGG19Features(weights=None))
+    return CLGNetLoss(alpha=alpha, contrastive=contrastive)
+
+
+def _inputs(batch: int, size: int, device: torch.device, channels_last: bool) -> Tensor:
+    x = torch.randn(batch, 1, size, size, device=device)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def _autocast(device: torch.device, bf16: bool) -> Callable[[], contextlib.AbstractContextManager]:
+    if not bf16:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    """FLOPs of the matrix products, convolutions and attention that ``fn`` runs."""
+    with FlopCounterMode(display=False, custom_mapping=_EXTRA_FLOPS) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def timed(fn: Callable[[], None], warmup: int, repeats: int, device: torch.device):
+    """``(median seconds, peak MiB)`` of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    with peak_memory(device) as peak:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times), peak()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@contextlib.contextmanager
+def peak_memory(device: torch.device) -> Iterator[Callable[[], float]]:
+    """Peak memory (MiB) of the block: CUDA allocations, or on CPU the resident-set growth."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        result: List[float] = []
+        yield lambda: result[0]
+        result.append((torch.cuda.max_memory_allocated(device) - base) / 2**20)
+        return
+    with _RssSampler() as sampler:
+        yield lambda: sampler.peak_mb
+
+
+class _RssSampler:
+    """Largest resident-set size above the starting one, sampled every millisecond."""
+
+    _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def __enter__(self) -> "_RssSampler":
+        _release_free_memory()
+        self.base = self._rss()
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.base) / 2**20
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.001):
+            self.peak = max(self.peak, self._rss())
+
+    def _rss(self) -> int:
+        try:
+            return int(Path("/proc/self/statm").read_text().split()[1]) * self._PAGE
+        except OSError:  # not Linux: no figure rather than a wrong one
+            return 0
+
+
+def _release_free_memory() -> None:
+    """Give memory freed by earlier calls back to the OS (glibc), so that a call reusing it
+    still shows as growth; a no-op elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+def add_ratios(rows: List[Dict]) -> None:
+    """Each time divided by U-Net's at the same size (U-Net's own ratios are 1.0)."""
+    unet = {r["size"]: r for r in rows if r["model"] == UNET}
+    for row in rows:
+        ref = unet[row["size"]]
+        for key in ("infer_s", "train_l1_s", "train_cl_s"):
+            if key in row:
+                row[key.replace("_s", "_ratio")] = row[key] / ref[key]
+        if "train_cl_s" in row:
+            row["cl_time_share"] = 1 - row["train_l1_s"] / row["train_cl_s"]
+        if "train_cl_gmac" in row:
+            row["cl_flop_share"] = 1 - row["train_l1_gmac"] / row["train_cl_gmac"]
+
+
+_COLUMNS = (
+    ("label", "model", "{}"),
+    ("params", "params (M)", "{:.3f}"),
+    ("gmac", "GMac", "{:.2f}"),
+    ("infer_s", "infer (s)", "{:.4f}"),
+    ("infer_ratio", "x U-Net", "{:.2f}"),
+    ("infer_peak_mb", "infer peak (MiB)", "{:.0f}"),
+    ("train_l1_s", "step L1 (s)", "{:.3f}"),
+    ("train_l1_ratio", "x U-Net", "{:.2f}"),
+    ("train_cl_s", "step L1+CL (s)", "{:.3f}"),
+    ("train_cl_ratio", "x U-Net", "{:.2f}"),
+    ("cl_time_share", "CL time share", "{:.0%}"),
+    ("cl_flop_share", "CL FLOP share", "{:.0%}"),
+    ("train_cl_peak_mb", "step peak (MiB)", "{:.0f}"),
+)
+
+
+def format_tables(rows: Sequence[Dict], meta: Dict) -> str:
+    """One Markdown table per image size."""
+    out = [f"device: {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
+           f"bf16={meta['bf16']}, channels_last={meta['channels_last']}, "
+           f"compile={meta['compile']}, train batch {meta['batch_size']}, "
+           f"median of {meta['repeats']} after {meta['warmup']} warm-up, {meta['date']}"]
+    for size in dict.fromkeys(r["size"] for r in rows):
+        sized = [r for r in rows if r["size"] == size]
+        columns = [c for c in _COLUMNS if any(c[0] in r for r in sized)]
+        out += ["", f"{size}x{size}:", "",
+                "| " + " | ".join(title for _, title, _ in columns) + " |",
+                "|" + "---|" * len(columns)]
+        for row in sized:
+            cells = [_cell(row, key, fmt) for key, _, fmt in columns]
+            out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def _cell(row: Dict, key: str, fmt: str) -> str:
+    if key not in row:
+        return "-"
+    value = row[key] / 1e6 if key == "params" else row[key]
+    return fmt.format(value)
+
+
+def _progress(row: Dict) -> str:
+    parts = [f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)]
+    return f"[bench speed] {row['model']} {row['size']}px: " + " ".join(parts)
