@@ -63,6 +63,7 @@ from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
 from .adversary import OrientationAdversary
 from .augment import OrientedSample, reorient
 
+
 class OrientationAdversarialMixin(pl.LightningModule):
     """Adds the orientation adversary to a reconstruction ``LightningModule``.
 

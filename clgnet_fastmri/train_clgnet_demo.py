@@ -33,7 +33,7 @@ from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
 from .checkpoints import AtomicCheckpointIO, read_checkpoint
 from .errors import UserError
-from .files import atomic_output, ensure_writable_dir
+from .files import atomic_output, ensure_writable_dir, remove_partials
 from .evaluate import format_table, score_folder, write_json
 from .figures import collect_slices, save_figure
 from .predict import reconstruct, write_volume
@@ -176,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
     trainer = build_trainer(args)
     checkpoints = args.default_root_dir / "checkpoints"
     if args.mode == "train":
+        remove_partials(checkpoints)  # a run killed while saving leaves its temporary file
         model = build_module(args)
         trainer.fit(model, datamodule=data_module, ckpt_path=resume_path(args, checkpoints),
                     weights_only=True)

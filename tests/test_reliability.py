@@ -188,12 +188,15 @@ def test_sigkill_between_checkpoints_then_resume_ends_like_an_uninterrupted_run(
     assert killed_at in (4, 8), killed_at  # mid-epoch, with steps still to run
     for ckpt in (tmp_path / "run" / "checkpoints").glob("*.ckpt"):
         torch.load(ckpt, weights_only=True)  # every visible checkpoint is complete
+    # What a kill in the middle of a save leaves (this kill may or may not have hit one).
+    (last.parent / ".last.ckpt.kill9.partial").write_bytes(b"half a checkpoint")
 
     resumed = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = torch.load(last, weights_only=True)
     assert final["global_step"] == 24
+    assert not list(last.parent.glob(".*.partial"))  # the resumed run cleared it
     assert final["epoch"] == 7
     adam_steps = {int(s["step"]) for s in final["optimizer_states"][0]["state"].values()}
     assert adam_steps == {24}

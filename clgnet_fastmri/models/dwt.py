@@ -13,7 +13,8 @@ cH = (a+b-c-d)/2, cV = (a-b+c-d)/2, cD = (a-b-c+d)/2. ``IDWT`` is the inverse
 Any orthogonal PyWavelets wavelet works by name ("haar", "db2", "sym4", ...): the filter bank is
 ``pywt.Wavelet(name).dec_lo / dec_hi``, and filters longer than 2 taps wrap around the image
 (PyWavelets mode "periodization"). Haar (and its alias "db1") takes a reshape path with no
-convolution: PixelUnshuffle(2), then a 4 x 4 mix of each 2x2 block (``DWT.block_matrix``). H and W must be even (``CLGNet`` pads its input to even sizes).
+convolution: PixelUnshuffle(2), then a 4 x 4 mix of each 2x2 block (``DWT.block_matrix``).
+H and W must be even (``CLGNet`` pads its input to even sizes).
 """
 
 from __future__ import annotations
