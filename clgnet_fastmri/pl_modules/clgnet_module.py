@@ -39,9 +39,9 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         vgg_weights: "imagenet", a path to a VGG19 state dict, or None for random init. Only
             read when fitting: evaluating or predicting with a checkpoint never needs VGG19.
         lr: Adam's peak learning rate. Default 1e-3, not the paper's 1e-4: at equal training
-            time 1e-4 is far behind (BENCHMARKS.md, Quality: 24.7 vs 26.6 dB after 3 minutes
-            on the synthetic knee set, below the zero-filled input's 25.4), and the cosine
-            schedule still ends at 1e-5. ``lr=1e-4`` reproduces the paper's setting.
+            time 1e-4 is far behind (BENCHMARKS.md, Quality: 25.7 vs 27.5 dB after 3 minutes
+            on the synthetic knee set), and the cosine schedule still ends at 1e-5.
+            ``lr=1e-4`` reproduces the paper's setting.
         weight_decay: Adam weight decay.
         lr_schedule: "cosine" (per step, from ``lr`` down to ``lr * lr_min_ratio`` at the last
             step of the run), "step" (fastmri's StepLR: ``lr_gamma`` every ``lr_step_size``
