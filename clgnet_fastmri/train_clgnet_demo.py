@@ -194,12 +194,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def demo_dataset(challenge: str) -> Path:
-    """The built-in synthetic set, generated once into the user's cache folder."""
+    """The built-in demo set, generated once into the user's cache folder."""
+    return cached_dataset(DEMO_DATA, challenge)
+
+
+def cached_dataset(spec: dict, challenge: str) -> Path:
+    """A built-in synthetic set (``make_dataset`` arguments), generated once into the cache."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clgnet_fastmri"
-    spec = DEMO_DATA
+    splits = "-".join(f"{k}{v}" for k, v in spec["splits"].items())
     name = (
         f"synthetic-{spec['anatomy']}-{challenge}-{spec['size']}px-{spec['num_slices']}sl"
-        f"-g{GENERATOR_VERSION}"
+        f"-{splits}-g{GENERATOR_VERSION}"
     )
     root = cache / name
     done = root / ".complete"

@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import argparse
 
-from . import quality, speed
+from . import curves, quality, speed
 
 _SUBCOMMANDS = {
     "speed": (speed, "parameters, FLOPs, time per slice and per training step, peak memory"),
     "quality": (quality, "train every model for the same budget, score NMSE/PSNR/SSIM"),
+    "curves": (curves, "validation learning curves of every model, each until it plateaus"),
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", metavar="{speed,quality}", required=True)
+    sub = parser.add_subparsers(dest="bench", metavar="{speed,quality,curves}", required=True)
     for name, (module, help_text) in _SUBCOMMANDS.items():
         module.add_arguments(sub.add_parser(
             name, help=help_text, description=module.__doc__.split("\n\n")[0],

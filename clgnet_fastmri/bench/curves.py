@@ -1,0 +1,379 @@
+"""``clgnet-fastmri bench curves``: validation learning curves, each model until it plateaus.
+
+Every model trains from the same seed on the same training split, data order and k-space
+masks, and every ``--eval-every`` optimiser steps fastmri's validation step scores a fixed
+validation split (fastmri's per-volume NMSE, PSNR and SSIM, as ``MriModule`` logs them). Each
+point records the step, the training seconds and the training CPU seconds so far. A run stops
+at ``--max-steps``, at ``--max-minutes`` of training CPU time, or at its plateau: when its best
+validation PSNR has gained less than ``--plateau-db`` over the last fifth of its steps.
+
+Written to ``--output-dir``: ``<run>/last.ckpt`` (the resume point, saved at every
+evaluation), ``curves.json`` (every run's points, stop reason and summary) and
+``curves.png`` (PSNR against steps and against training seconds, every model on one plot).
+Started again with the same arguments, a killed run continues from its last evaluation and
+finished runs are not repeated.
+
+Choices:
+
+- Data: with no ``--data_path``, a built-in synthetic set (``--anatomy knee`` or ``brain``)
+  at 128 x 128 with 24 training and 4 validation volumes of 8 slices, generated once into the
+  cache folder: three times the demo's training set, so that a long run measures learning
+  rather than memorisation of 64 slices.
+- Each model trains its own way: U-Net exactly as fastmri's ``train_unet_demo.py`` (RMSprop,
+  lr 1e-3, StepLR x0.1 after 40 epochs, L1); CLGNet variants with ``CLGNetModule``'s defaults
+  except a constant learning rate: a run that ends at its plateau has no length known in
+  advance for a cosine schedule to span. ``NAME:key=value`` overrides any argument
+  (``clgnet:lr_schedule=cosine`` spans ``--max-steps``).
+- Seconds are the time spent inside training batches (forward, loss, backward, optimiser
+  step); data loading, validation and checkpointing are excluded for every model alike. CPU
+  seconds are the process's CPU time over the same intervals: with ``--threads 1`` they are
+  robust to other work on the machine, wall seconds are not.
+- Plateau PSNR in the summary: the mean validation PSNR (and SSIM) over the last fifth of a
+  run's steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+from fastmri.data.subsample import RandomMaskFunc
+from pytorch_lightning.callbacks import Callback
+from tqdm import tqdm
+
+from .. import train_clgnet_demo as demo
+from ..checkpoints import AtomicCheckpointIO
+from ..data.transforms import CLGNetDataTransform
+from ..errors import UserError
+from ..files import atomic_output, ensure_writable_dir
+from ..pl_modules.data_module import CLGNetDataModule
+from .quality import _demo_args as quality_demo_args
+from .quality import build_module, parse_spec, run_name
+from .variants import UNET, VARIANTS
+
+DEFAULT_MODELS = ("unet", "clgnet", "no-cl", "no-sfl")
+ANATOMIES = ("knee", "brain")
+#: The built-in learning-curve sets (see the module doc).
+CURVE_DATA = dict(size=128, num_slices=8, splits={"train": 24, "val": 4})
+METRICS = ("psnr", "ssim", "nmse")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--models", nargs="+", default=list(DEFAULT_MODELS), metavar="NAME[:k=v,...]",
+        help=f"models to train, from {', '.join(VARIANTS)}; ':key=value,...' overrides "
+        "CLGNetModule arguments (e.g. clgnet:lr=1e-4)",
+    )
+    parser.add_argument("--anatomy", choices=ANATOMIES, default="knee",
+                        help="built-in synthetic set to use when --data_path is not given")
+    parser.add_argument("--data_path", type=Path, default=None,
+                        help="fastMRI data root (<challenge>_train, <challenge>_val)")
+    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
+    parser.add_argument("--eval-every", type=int, default=100,
+                        help="optimiser steps between two validation points")
+    parser.add_argument("--max-steps", type=int, default=6000,
+                        help="longest run (also the span of CLGNet's cosine schedule)")
+    parser.add_argument("--max-minutes", type=float, default=None,
+                        help="stop a model after this many CPU minutes of training")
+    parser.add_argument("--plateau-db", type=float, default=0.1,
+                        help="stop when the best PSNR gained less than this over the last "
+                        "fifth of the steps (0: never)")
+    parser.add_argument("--min-steps", type=int, default=1000,
+                        help="no plateau stop before this many steps")
+    parser.add_argument("--acceleration", type=int, default=4)
+    parser.add_argument("--center-fraction", type=float, default=0.08)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--vgg-weights", default="auto",
+                        help="as 'clgnet-fastmri train --vgg_weights'")
+    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precision", default="32-true")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (1 makes CPU seconds comparable)")
+    parser.add_argument("--output-dir", type=Path, default=None,
+                        help="default: clgnet_runs/curves/<anatomy or data folder name>")
+    parser.add_argument("--no-progress-bar", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    specs = [parse_spec(text) for text in args.models]
+    torch.set_num_threads(args.threads)
+    data_path = args.data_path or curve_dataset(args.anatomy, args.challenge)
+    out = args.output_dir or Path("clgnet_runs/curves") / (
+        args.anatomy if args.data_path is None else data_path.name)
+    ensure_writable_dir(out)
+    report_path = out / "curves.json"
+    report = _read_report(report_path, args)
+    for name, overrides in specs:
+        key = run_name(name, overrides)
+        done = report["runs"].get(key, {}).get("stopped")
+        if done:
+            print(f"[bench curves] {key}: finished earlier ({done})", file=sys.stderr)
+            continue
+
+        def publish(record: Dict[str, Any], key: str = key) -> None:
+            report["runs"][key] = record
+            _save(report, report_path, out)
+
+        train_curve(name, overrides, data_path, out / key, args, publish)
+    summary = summarize(report["runs"])
+    report["summary"] = summary
+    _save(report, report_path, out)
+    print(format_summary(summary))
+    print(f"\ncurves written to {report_path} and {out / 'curves.png'}")
+    return 0
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    for option, value in (("--eval-every", args.eval_every), ("--max-steps", args.max_steps),
+                          ("--batch-size", args.batch_size), ("--threads", args.threads)):
+        if value < 1:
+            raise UserError(f"{option} must be >= 1, got {value}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise UserError(f"--max-minutes must be > 0, got {args.max_minutes}")
+    if args.plateau_db < 0:
+        raise UserError(f"--plateau-db must be >= 0, got {args.plateau_db}")
+
+
+def curve_dataset(anatomy: str, challenge: str) -> Path:
+    """The built-in learning-curve set of ``anatomy``, generated once into the cache."""
+    return demo.cached_dataset(dict(anatomy=anatomy, **CURVE_DATA), challenge)
+
+
+def _read_report(path: Path, args: argparse.Namespace) -> Dict[str, Any]:
+    """The report of an earlier run with the same settings, or a new one."""
+    settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
+                if k not in ("models", "no_progress_bar", "bench", "command")}
+    if path.is_file():
+        report = json.loads(path.read_text())
+        if report.get("settings") != settings:
+            raise UserError(
+                f"{path}: written by a run with other settings; use another --output-dir "
+                "or the same arguments to continue it"
+            )
+        return report
+    return {"settings": settings, "meta": {"torch": torch.__version__, "cpu": _cpu_name(),
+                                           "date": datetime.date.today().isoformat()},
+            "runs": {}}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def _save(report: Dict[str, Any], path: Path, out: Path) -> None:
+    with atomic_output(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    if any(r.get("points") for r in report["runs"].values()):
+        plot_curves(report["runs"], out / "curves.png", title=str(out))
+
+
+class CurveRecorder(Callback):
+    """Records a validation point after every evaluation, times the training batches, stops
+    at a plateau or a time budget. Its state (the points) is saved in the checkpoints."""
+
+    def __init__(self, label: str, checkpoint: Path, max_seconds: Optional[float],
+                 plateau_db: float, min_steps: int, on_point: Callable[[], None],
+                 progress: bool, total_steps: int):
+        self.label = label
+        self.checkpoint = checkpoint
+        self.max_seconds = max_seconds
+        self.plateau_db = plateau_db
+        self.min_steps = min_steps
+        self.on_point = on_point
+        self.points: List[Dict[str, float]] = []
+        self.train_s = 0.0
+        self.train_cpu_s = 0.0
+        self.stopped: Optional[str] = None
+        self._bar = tqdm(total=total_steps, desc=label, disable=not progress, file=sys.stderr,
+                         dynamic_ncols=True)
+        self._start = (0.0, 0.0)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"points": self.points, "train_s": self.train_s, "train_cpu_s": self.train_cpu_s}
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        self.points = list(state["points"])
+        self.train_s, self.train_cpu_s = state["train_s"], state["train_cpu_s"]
+
+    def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        self._bar.n = trainer.global_step
+        self._bar.refresh()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self._start = (time.perf_counter(), time.process_time())
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.train_s += time.perf_counter() - self._start[0]
+        self.train_cpu_s += time.process_time() - self._start[1]
+        self._bar.update(trainer.global_step - self._bar.n)
+        if self.max_seconds is not None and self.train_cpu_s >= self.max_seconds:
+            self._stop(trainer, "max_minutes")
+
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = trainer.callback_metrics
+        point = {"step": trainer.global_step, "train_s": self.train_s,
+                 "train_cpu_s": self.train_cpu_s,
+                 **{m: float(metrics[f"val_metrics/{m}"]) for m in METRICS}}
+        if not all(math.isfinite(point[m]) for m in METRICS):
+            raise UserError(f"{self.label}: non-finite validation metrics at step "
+                            f"{point['step']}: {point}")
+        self.points.append(point)
+        self._bar.set_postfix(psnr=f"{point['psnr']:.2f}", ssim=f"{point['ssim']:.4f}")
+        if plateaued(self.points, self.plateau_db, self.min_steps):
+            self._stop(trainer, "plateau")
+        # Saved after the point is recorded, so that a resumed run neither loses nor repeats it.
+        trainer.save_checkpoint(self.checkpoint, weights_only=False)
+        self.on_point()
+
+    def _stop(self, trainer: pl.Trainer, reason: str) -> None:
+        self.stopped = reason
+        trainer.should_stop = True
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def plateaued(points: Sequence[Dict[str, float]], plateau_db: float, min_steps: int) -> bool:
+    """Whether the best PSNR gained less than ``plateau_db`` over the last fifth of the steps."""
+    if plateau_db <= 0 or not points or points[-1]["step"] < min_steps:
+        return False
+    cut = 0.8 * points[-1]["step"]
+    before = [p["psnr"] for p in points if p["step"] <= cut]
+    if not before:
+        return False
+    return max(p["psnr"] for p in points) - max(before) < plateau_db
+
+
+def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Path,
+                args: argparse.Namespace,
+                publish: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
+    """Train one model, evaluating every ``--eval-every`` steps; resume from ``root``.
+
+    ``publish(record)`` is called with the run's record after every evaluation and at the end.
+    """
+    label = run_name(name, overrides)
+    pl.seed_everything(args.seed, workers=True)
+    mask = RandomMaskFunc([args.center_fraction], [args.acceleration], seed=args.seed)
+    data = CLGNetDataModule(
+        data_path=data_path, challenge=args.challenge,
+        train_transform=CLGNetDataTransform(args.challenge, mask, use_seed=False),
+        val_transform=CLGNetDataTransform(args.challenge, mask),
+        test_transform=CLGNetDataTransform(args.challenge, mask),
+        batch_size=args.batch_size, num_workers=0,
+    )
+    quality_args = argparse.Namespace(**vars(args), num_workers=0)
+    module = build_module(name, {"num_log_images": 0, **overrides},
+                          quality_demo_args(quality_args, data_path))
+    resume = root / "last.ckpt"
+
+    def record() -> Dict[str, Any]:
+        return {"model": name, "label": VARIANTS[name].label, "overrides": overrides,
+                "points": recorder.points, "stopped": recorder.stopped}
+
+    recorder = CurveRecorder(
+        label, resume, None if args.max_minutes is None else 60 * args.max_minutes,
+        args.plateau_db, args.min_steps, on_point=lambda: publish(record()),
+        progress=not args.no_progress_bar, total_steps=args.max_steps,
+    )
+    trainer = pl.Trainer(
+        accelerator=args.accelerator, devices=1, precision=args.precision,
+        max_steps=args.max_steps, max_epochs=-1,
+        val_check_interval=args.eval_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
+        use_distributed_sampler=False, callbacks=[recorder], plugins=[AtomicCheckpointIO()],
+    )
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None,
+                    weights_only=True)
+    finally:
+        recorder.close()
+    if recorder.stopped is None and trainer.global_step >= args.max_steps:
+        recorder.stopped = "max_steps"
+    publish(record())
+    return record()
+
+
+def summarize(runs: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """Plateau PSNR/SSIM of each run, and when it first reached U-Net's plateau PSNR."""
+    rows = []
+    plateaus = {key: _plateau(run["points"]) for key, run in runs.items() if run.get("points")}
+    unet = plateaus.get(UNET)
+    for key, run in runs.items():
+        if key not in plateaus:
+            continue
+        row = {"run": key, "label": run["label"], "stopped": run.get("stopped"),
+               "steps": run["points"][-1]["step"], "train_s": run["points"][-1]["train_s"],
+               "train_cpu_s": run["points"][-1]["train_cpu_s"], **plateaus[key]}
+        if unet is not None:
+            reached = [p for p in run["points"] if p["psnr"] >= unet["psnr"]]
+            row["reach_unet"] = ({"step": reached[0]["step"], "train_s": reached[0]["train_s"],
+                                  "train_cpu_s": reached[0]["train_cpu_s"]}
+                                 if reached else None)
+        rows.append(row)
+    return rows
+
+
+def _plateau(points: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    cut = 0.8 * points[-1]["step"]
+    tail = [p for p in points if p["step"] >= cut] or list(points[-1:])
+    return {m: sum(p[m] for p in tail) / len(tail) for m in METRICS}
+
+
+def format_summary(rows: Sequence[Dict[str, Any]]) -> str:
+    lines = ["| model | stopped | steps | train min | plateau PSNR | plateau SSIM | "
+             "reaches U-Net's plateau at |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        reach = r.get("reach_unet")
+        when = ("never" if reach is None else
+                f"step {reach['step']}, {reach['train_cpu_s'] / 60:.0f} CPU min")
+        lines.append(f"| {r['run']} | {r['stopped']} | {r['steps']} | "
+                     f"{r['train_cpu_s'] / 60:.0f} | {r['psnr']:.2f} | {r['ssim']:.4f} | "
+                     f"{when} |")
+    return "\n".join(lines)
+
+
+def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path, title: str = "") -> None:
+    """PSNR against steps and against training CPU minutes, every run on one plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for key, run in runs.items():
+        points = run.get("points") or []
+        if not points:
+            continue
+        psnr = [p["psnr"] for p in points]
+        by_step.plot([p["step"] for p in points], psnr, label=key)
+        by_time.plot([p["train_cpu_s"] / 60 for p in points], psnr, label=key)
+    by_step.set_xlabel("optimiser steps")
+    by_time.set_xlabel("training CPU minutes")
+    by_step.set_ylabel("validation PSNR (dB)")
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+    by_time.legend(loc="lower right")
+    fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
