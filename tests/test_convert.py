@@ -339,6 +339,25 @@ def test_test_split_is_masked_like_the_challenge_with_ground_truth(cc359_source,
         assert check_volume(path, "multicoil") == 3
 
 
+def test_split_by_folder_keeps_the_release_split(tmp_path, capsys):
+    src = tmp_path / "src"
+    rng = np.random.default_rng(6)
+    layout = {"Train": ["a", "b"], "Val": ["c"], "Test": ["d"]}
+    for folder, names in layout.items():
+        (src / folder).mkdir(parents=True)
+        for name in names:
+            write_cc359(src / folder / f"{name}.npy", cc359_kspace(rng, coils=1))
+    out = tmp_path / "out"
+    assert convert(src, out, "--format", "cc359-raw", "--split-by-folder", "--seed", 3) == 0
+    for folder, names in layout.items():
+        assert [p.stem for p in files(out, f"singlecoil_{folder.lower()}")] == names
+    assert [p.stem for p in files(out, "singlecoil_test_gt")] == ["d"]
+    # one subject in two folders is refused
+    write_cc359(src / "Val" / "a_rescan.npy", cc359_kspace(rng, coils=1))
+    _fails(capsys, tmp_path / "out2", src, tmp_path / "out2", "--format", "cc359-raw",
+           "--split-by-folder", "--subject-pattern", "^([a-z])", expect="also in the")
+
+
 def test_same_seed_same_files_other_seed_other_split(nifti_source, tmp_path):
     src, _ = nifti_source
 

@@ -14,7 +14,8 @@ Formats (the readers, and the choices they make, are documented in their modules
 Every file under SOURCE (searched recursively) with the format's suffixes is one volume.
 Volumes are grouped into subjects (the file name without its suffix, or the part
 ``--subject-pattern`` matches), and subjects are split into train/val/test at random for a
-given ``--seed``: one subject's volumes all go to one split. The test split is masked like
+given ``--seed`` (or, with ``--split-by-folder``, as the source's own Train/Val/Test folders
+say): one subject's volumes all go to one split. The test split is masked like
 the fastMRI challenge set (``mask``, ``acceleration``, ``num_low_frequency``, no target),
 with fastmri's mask functions and one (centre fraction, acceleration) pair drawn per volume;
 its targets go to ``{challenge}_test_gt``. All files carry a minimal ISMRMRD header
@@ -135,6 +136,31 @@ def split_subjects(subjects: Sequence[str], split: Sequence[float],
         out[name] = sorted(ordered[i] for i in order[start:start + count])
         start += count
     return out
+
+
+_FOLDER_SPLITS = {"train": "train", "training": "train", "val": "val", "valid": "val",
+                  "validation": "val", "test": "test", "testing": "test"}
+
+
+def split_by_folder(sources: Sequence[Source], root: Path) -> Dict[str, List[str]]:
+    """The split a release already has: each source's nearest folder (under ``root``) named
+    train/val/test (or training, valid, validation, testing; any case)."""
+    out: Dict[str, List[str]] = {s: [] for s in SPLITS}
+    seen: Dict[str, str] = {}
+    for source in sources:
+        folders = source.path.relative_to(root).parts[:-1]
+        split = next((_FOLDER_SPLITS[f.lower()] for f in reversed(folders)
+                      if f.lower() in _FOLDER_SPLITS), None)
+        if split is None:
+            raise DataError(source.path, "is in no train, val or test folder",
+                            "--split-by-folder needs the release's Train/Val/Test folders")
+        if seen.setdefault(source.subject, split) != split:
+            raise DataError(source.path, f"subject {source.subject!r} is also in the "
+                                         f"{seen[source.subject]} folder",
+                            "one subject's volumes must share a split")
+        if source.subject not in out[split]:
+            out[split].append(source.subject)
+    return {s: sorted(subjects) for s, subjects in out.items()}
 
 
 def _volume_rng(seed: int, name: str) -> np.random.Generator:
@@ -292,11 +318,16 @@ class ConvertSummary:
             note = ", k-space masked, targets in " + self.folders["test_gt"].name + "/" \
                 if split == "test" else ""
             lines.append(f"  {self.folders[split].name + '/':<22} "
-                         f"{len(self.subjects[split]):4d} subjects {len(self.volumes[split]):4d}"
-                         f" volumes {self.slices[split]:6d} slices{note}")
+                         f"{_count(len(self.subjects[split]), 'subject')} "
+                         f"{_count(len(self.volumes[split]), 'volume')} "
+                         f"{_count(self.slices[split], 'slice', 6)}{note}")
         for problem in self.skipped:
             lines.append(f"  left out: {problem}")
         return "\n".join(lines)
+
+
+def _count(n: int, noun: str, width: int = 4) -> str:
+    return f"{n:{width}d} {noun}{'s' if n != 1 else ' '}"
 
 
 def _check_output(out: Path, names: Sequence[str], overwrite: bool) -> None:
@@ -379,7 +410,10 @@ def convert(args: argparse.Namespace) -> ConvertSummary:
     out = Path(args.out)
     skipped: List[str] = []
     sources, challenge = _scan(args, out, skipped)
-    by_split = split_subjects([s.subject for s in sources], split, args.seed)
+    if args.split_by_folder:
+        by_split = split_by_folder(sources, args.source)
+    else:
+        by_split = split_subjects([s.subject for s in sources], split, args.seed)
     test_subjects = set(by_split["test"])
     for source in sources:
         if source.subject in test_subjects:
@@ -486,6 +520,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="subjects per split, as fractions or as counts summing to the "
                              "number of subjects (default: cc359-raw 25/45 10/45 10/45, i.e. "
                              "the paper's 25/10/10 of 45; nifti 0.6 0.2 0.2)" + none)
+    parser.add_argument("--split-by-folder", action="store_true",
+                        help="keep the split the source already has: its Train/Val/Test "
+                             "folders (any case; also training, valid(ation), testing)")
     parser.add_argument("--subject-pattern", default=None, metavar="REGEX",
                         help="regular expression whose first group (or whole match) in a file "
                              "name is its subject, so that a subject's volumes share a split "
