@@ -418,7 +418,7 @@ def test_bad_cc359_sources(tmp_path, capsys, case, expect):
         write_cc359(src / f"good{i}.h5", cc359_kspace(rng))
     bad = src / ("bad.npy" if case == "truncated_npy" else "bad.h5")
     if case in ("truncated_h5", "truncated_npy"):
-        (write_cc359(bad, cc359_kspace(rng)))
+        write_cc359(bad, cc359_kspace(rng))
         bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 2])
     elif case == "foreign_h5":
         bad.write_text("not hdf5")

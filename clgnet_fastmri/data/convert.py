@@ -481,8 +481,7 @@ def _write_all(args, sources: List[Source], by_split: Dict[str, List[str]], chal
             except DataError as exc:
                 if not args.skip_bad_files:
                     raise
-                path.unlink(missing_ok=True)
-                skipped.append(str(exc))
+                skipped.append(str(exc))  # atomic_output left nothing of this volume
                 continue
             volumes[split].append(fname)
             slices[split] += n
