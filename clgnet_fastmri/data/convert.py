@@ -308,8 +308,9 @@ class ConvertSummary:
     seconds: float = 0.0
 
     def __str__(self) -> str:
-        lines = [f"converted {sum(len(v) for v in self.volumes.values())} {self.fmt} volumes "
-                 f"into a {self.challenge} dataset at {self.root} (seed {self.seed}, "
+        n = sum(len(v) for v in self.volumes.values())
+        lines = [f"converted {n} {self.fmt} volume{'s' if n != 1 else ''} into a "
+                 f"{self.challenge} dataset at {self.root} (seed {self.seed}, "
                  f"{self.seconds:.1f} s)"]
         for split in SPLITS:
             if split not in self.folders:
@@ -501,7 +502,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, required=True,
                         help="cc359-raw: Calgary-Campinas raw k-space (.h5 or .npy, "
                              "slices x rows x cols x 2*coils); nifti: 3-D magnitude volumes "
-                             "(.nii, .nii.gz)")
+                             "(.nii, .nii.gz)" + none)
     parser.add_argument("--singlecoil", action="store_true",
                         help="cc359-raw: write an emulated single coil (first virtual coil of "
                              "a per-volume SVD coil compression) instead of multicoil files")
