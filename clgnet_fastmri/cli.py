@@ -20,6 +20,10 @@ COMMANDS = {
         "clgnet_fastmri.data.synthetic",
         "write a synthetic dataset in the fastMRI HDF5 layout",
     ),
+    "convert": (
+        "clgnet_fastmri.data.convert",
+        "convert CC-359 raw k-space or NIfTI volumes into a fastMRI dataset (train/val/test)",
+    ),
     "train": (
         "clgnet_fastmri.train_clgnet_demo",
         "train or test CLGNet (fastmri's train_unet_demo.py, for CLGNet on Lightning 2)",

@@ -1,0 +1,138 @@
+"""NIfTI magnitude volumes as fastMRI slices, for ``clgnet-fastmri convert --format nifti``.
+
+Orientation: the volume is brought to RAS+ (``nibabel.as_closest_canonical``: voxel axes
+pointing to the patient's Right, Anterior, Superior) and cut along one of them, axial by
+default. Slices are shown as radiologists read them: axial and coronal with the patient's
+right on the image's left and anterior (axial) or superior (coronal) at the top; sagittal
+with superior at the top and anterior on the left. Each slice is centre-cropped or zero-padded
+to ``size x size`` (fastmri's ``center_crop`` offsets, ``(side - size) // 2``), intensities
+unchanged (nibabel's scaling applied).
+
+The image becomes k-space by ``fastmri.fft2c``; with a phase (``--phase``) it is first
+multiplied by ``exp(i phi)``, a smooth random field (a constant, linear and quadratic terms
+in the in-plane coordinates, drawn per volume), so that k-space is not Hermitian as a real
+image's is. The target is the image itself.
+
+Empty end slices: a slice is empty when no pixel exceeds ``EMPTY_FRACTION`` of the volume's
+99th intensity percentile; runs of them at both ends of the volume are dropped, those
+between anatomy are kept.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+from typing import Tuple, Union
+
+import nibabel as nib
+import numpy as np
+
+from ..errors import DataError
+
+SUFFIXES = (".nii", ".nii.gz")
+AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
+EMPTY_FRACTION = 0.05
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(SUFFIXES)
+
+
+def stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def open_volume(path: Union[str, os.PathLike]) -> nib.Nifti1Image:
+    """The NIfTI image of ``path`` (header read, data not yet), checked to be 3-D."""
+    path = Path(path)
+    try:
+        image = nib.load(path)
+    except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, ...)
+        raise DataError(path, f"not a readable NIfTI file ({_one_line(exc)})",
+                        "re-download it or move it out of the folder") from None
+    shape = image.shape
+    if len(shape) != 3:
+        raise DataError(path, f"is a {len(shape)}-D image {tuple(shape)}, expected a 3-D "
+                              "volume", "convert 3-D magnitude volumes (split a 4-D series "
+                                        "into volumes first)")
+    if min(shape) < 1:
+        raise DataError(path, f"has an empty shape {tuple(shape)}")
+    return image
+
+
+def read_slices(path: Union[str, os.PathLike], axis: str, size: int,
+                keep_empty: bool) -> Tuple[np.ndarray, Tuple[float, float, float]]:
+    """float32 slices ``(n, size, size)`` of the volume at ``path`` and the voxel size in mm
+    ``(row, col, slice)`` of those slices."""
+    path = Path(path)
+    image = nib.as_closest_canonical(open_volume(path))
+    try:
+        data = image.get_fdata(dtype=np.float32)
+    except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(path, f"the image data cannot be read ({_one_line(exc)})",
+                        "the file is truncated or corrupt; re-download it or move it out of "
+                        "the folder") from None
+    if not np.isfinite(data).all():
+        raise DataError(path, "contains NaN or Inf values",
+                        "repair the file, or leave it out with --skip-bad-files")
+    if data.min() < 0:
+        raise DataError(path, f"has negative values (minimum {data.min():g}); magnitude "
+                              "images are expected", "convert magnitude images")
+    zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
+    slices, (row_mm, col_mm) = _radiological(data, AXES[axis], zooms)
+    if not keep_empty:
+        slices = _trim_empty(slices)
+    if len(slices) == 0:
+        raise DataError(path, "holds no anatomy (every slice is empty)",
+                        "check the file, or keep all slices with --keep-empty")
+    return _crop_or_pad(slices, size), (row_mm, col_mm, zooms[AXES[axis]])
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def _radiological(data: np.ndarray, axis: int,
+                  zooms: Tuple[float, ...]) -> Tuple[np.ndarray, Tuple[float, float]]:
+    """Slices ``(n, rows, cols)`` of a RAS+ volume along ``axis``, in display orientation."""
+    if axis == 2:  # rows: anterior -> posterior, cols: right -> left
+        return data[::-1, ::-1, :].transpose(2, 1, 0), (zooms[1], zooms[0])
+    if axis == 1:  # rows: superior -> inferior, cols: right -> left
+        return data[::-1, :, ::-1].transpose(1, 2, 0), (zooms[2], zooms[0])
+    # rows: superior -> inferior, cols: anterior -> posterior
+    return data[:, ::-1, ::-1].transpose(0, 2, 1), (zooms[2], zooms[1])
+
+
+def _trim_empty(slices: np.ndarray) -> np.ndarray:
+    reference = np.percentile(slices, 99)
+    full = np.flatnonzero(slices.reshape(len(slices), -1).max(axis=1)
+                          > EMPTY_FRACTION * reference)
+    if len(full) == 0:
+        return slices[:0]
+    return slices[full[0]: full[-1] + 1]
+
+
+def _crop_or_pad(slices: np.ndarray, size: int) -> np.ndarray:
+    out = np.zeros((len(slices), size, size), dtype=np.float32)
+    src, dst = [], []
+    for side in slices.shape[1:]:
+        if side >= size:
+            start = (side - size) // 2
+            src.append(slice(start, start + size))
+            dst.append(slice(0, size))
+        else:
+            start = (size - side) // 2
+            src.append(slice(0, side))
+            dst.append(slice(start, start + side))
+    out[:, dst[0], dst[1]] = slices[:, src[0], src[1]]
+    return out
+
+
+def smooth_phase(size: int, rng: np.random.Generator) -> np.ndarray:
+    """A smooth random phase field ``(size, size)`` in radians."""
+    y, x = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
+    c = rng.uniform(-1.0, 1.0, 6) * np.array([np.pi, 1.5, 1.5, 1.0, 1.0, 1.0])
+    return c[0] + c[1] * x + c[2] * y + c[3] * x * x + c[4] * y * y + c[5] * x * y
