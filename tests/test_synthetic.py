@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import xml.etree.ElementTree as etree
 from pathlib import Path
 
@@ -14,9 +15,11 @@ import torch
 import fastmri
 from fastmri.data import SliceDataset
 from fastmri.data import transforms as T
+from fastmri.data.mri_data import et_query
 from fastmri.data.subsample import RandomMaskFunc
 
 from clgnet_fastmri.cli import main
+from clgnet_fastmri.data.checks import HEADER_FIELDS
 from clgnet_fastmri.data import synthetic as S
 from clgnet_fastmri.errors import UserError
 
@@ -332,6 +335,91 @@ def test_dataset_determinism_and_stability(tmp_path):
     data = _read(one.files["train"][1])
     np.testing.assert_array_equal(vol.kspace, data["kspace"])
     np.testing.assert_array_equal(vol.target, data["reconstruction_esc"])
+
+
+# --------------------------------------------------------------------------------------------
+# Pinned output: the same arguments and seed give the same data (GENERATOR_VERSION 1)
+
+
+def _feed(h, name: str, value) -> None:
+    a = np.asarray(value)
+    h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.tobytes())
+
+
+def _dataset_digest(root: Path) -> str:
+    """sha256 over every dataset and attribute of every file, in sorted path and key order.
+
+    Not the .h5 bytes (they carry timestamps). The header enters as the integer fields
+    fastmri's ``SliceDataset`` reads from it (``HEADER_FIELDS``), not as its XML text, so
+    that the other fields can be dropped or reworded without changing the data.
+    """
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.h5")):
+        h.update(path.relative_to(root).as_posix().encode())
+        with h5py.File(path, "r") as hf:
+            for key in sorted(hf):
+                value = hf[key][()]
+                if key == "ismrmrd_header":
+                    header = etree.fromstring(value)
+                    value = [int(et_query(header, f)) for f in HEADER_FIELDS]
+                _feed(h, key, value)
+            for key in sorted(hf.attrs):
+                _feed(h, f"attr:{key}", hf.attrs[key])
+    return h.hexdigest()
+
+
+# (make_dataset arguments, acquisitions written, sha256 of the files). Together they cover
+# both knee contrasts, brain, multicoil with fewer coils than a full array (a subset), one
+# ring and two rings of coils, one slice, and textures finer than the pixels (brain, 224).
+PINNED = [
+    (dict(anatomy="knee", challenge="singlecoil", size=32, num_slices=3, seed=0),
+     {"CORPD_FBK": 2, "CORPDFS_FBK": 3},
+     "1dbe68d3da58881cf38710d4f705c42a96b8afabc4bda3b966c5d1ab20402fff"),
+    (dict(anatomy="knee", challenge="singlecoil", size=80, num_slices=2, seed=1),
+     {"CORPD_FBK": 3, "CORPDFS_FBK": 2},
+     "18d2efd2b5652c12fa4eee933b6bada9a405f3349a4e208f718fe91e65435d94"),
+    (dict(anatomy="brain", challenge="singlecoil", size=32, num_slices=1, seed=0),
+     {"AXT1": 5}, "b128f3899d9afc3150785f5c294db2e2f015386f610f63d747dc4aa75b8c60ec"),
+    (dict(anatomy="knee", challenge="multicoil", size=32, num_slices=2, num_coils=3, seed=0),
+     {"CORPD_FBK": 2, "CORPDFS_FBK": 3},
+     "b0e284a6548603ae6a8541c89ebc8ed70458d3637c4d9b24600658790cf37885"),
+    (dict(anatomy="knee", challenge="multicoil", size=32, num_slices=2, num_coils=9, seed=0),
+     {"CORPD_FBK": 2, "CORPDFS_FBK": 3},
+     "6fabe86fae947c362ed7d00bc9baa19fe331ffa6f7040900ae88ec9cdf9270b6"),
+    (dict(anatomy="brain", challenge="multicoil", size=32, num_slices=3, seed=0),
+     {"AXT1": 5}, "40da91cd3ac8f5341ebe57ecce709571c96b0bc3115bd4405a47dbb6d7e9fa25"),
+]
+
+
+@pytest.mark.parametrize("kwargs,acquisitions,digest", PINNED,
+                         ids=[f"{k['anatomy']}-{k['challenge']}-{k['size']}-{k['num_slices']}sl"
+                              f"-{k.get('num_coils', 1)}c" for k, _, _ in PINNED])
+def test_output_is_pinned(tmp_path, kwargs, acquisitions, digest):
+    """Same arguments and seed, same data: bump GENERATOR_VERSION when a digest changes."""
+    summary = S.make_dataset(tmp_path, splits={"train": 2, "val": 1, "test": 2},
+                             progress=False, **kwargs)
+    assert summary.acquisitions == acquisitions
+    assert _dataset_digest(tmp_path) == digest
+
+
+def test_output_is_pinned_fine_textures(tmp_path):
+    summary = S.make_dataset(tmp_path, anatomy="brain", size=224, num_slices=2, seed=2,
+                             splits={"train": 1, "test": 1}, progress=False)
+    assert summary.acquisitions == {"AXT1": 2}
+    assert _dataset_digest(tmp_path) == (
+        "7b11daed2cbc07576f56bca436ac5d19d6f5b4e96132fe9e9dd1785dea00f4f1")
+
+
+def test_make_volume_is_pinned():
+    """The in-memory extras (noise-free target, image, maps, noise level) are pinned too."""
+    vol = S.make_volume("knee", challenge="multicoil", size=32, num_slices=2, num_coils=3,
+                        seed=(4, 1), return_maps=True)
+    h = hashlib.sha256()
+    for name in ("kspace", "target", "clean_target", "image", "sens_maps"):
+        _feed(h, name, getattr(vol, name))
+    _feed(h, "scalars", [vol.noise_std, vol.snr, *vol.padding])
+    assert h.hexdigest() == "f6c993fb49a845003258f0a358b246d18789885d26e2b40c8e1ef1a9fa80997c"
 
 
 # --------------------------------------------------------------------------------------------
