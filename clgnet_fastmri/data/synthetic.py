@@ -84,11 +84,9 @@ _HEADER = """<?xml version="1.0" encoding="utf-8"?>
   <encoding>
     <encodedSpace><matrixSize><x>{rows}</x><y>{cols}</y><z>1</z></matrixSize></encodedSpace>
     <reconSpace><matrixSize><x>{size}</x><y>{size}</y><z>1</z></matrixSize></reconSpace>
-    <encodingLimits>
-      <kspace_encoding_step_1>
-        <minimum>0</minimum><maximum>{maximum}</maximum><center>{center}</center>
-      </kspace_encoding_step_1>
-    </encodingLimits>
+    <encodingLimits><kspace_encoding_step_1>
+      <maximum>{maximum}</maximum><center>{center}</center>
+    </kspace_encoding_step_1></encodingLimits>
   </encoding>
 </ismrmrdHeader>
 """
@@ -225,15 +223,10 @@ class _Synth:
                  snr: Optional[float] = None):
         spec = _spec(anatomy)
         self.challenge = challenge
-        self.size = spec.full_size if size is None else int(size)
-        self.num_slices = spec.default_slices if num_slices is None else int(num_slices)
-        if challenge == "singlecoil":
-            self.num_coils = 1
-        else:
-            self.num_coils = spec.default_coils if num_coils is None else int(num_coils)
-        self.rows, self.cols = kspace_shape(anatomy, self.size)
-        coils = () if challenge == "singlecoil" else (self.num_coils,)
-        self.kspace_shape = (self.num_slices, *coils, self.rows, self.cols)
+        self.kspace_shape, (self.num_slices, self.size, _) = _volume_shapes(
+            anatomy, challenge, size, num_slices, num_coils)
+        self.rows, self.cols = self.kspace_shape[-2:]
+        self.num_coils = 1 if challenge == "singlecoil" else self.kspace_shape[1]
         self.padding = acquired_columns(anatomy, self.cols)
         ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
         r_anatomy, r_texture, self.rng_noise, self.rng_misc = (
@@ -361,10 +354,22 @@ class _Synth:
         return np.ascontiguousarray(_center_crop(mag, self.size), dtype=np.float32)
 
 
+def _volume_shapes(anatomy: str, challenge: str, size: Optional[int],
+                   num_slices: Optional[int], num_coils: Optional[int]):
+    """``(kspace_shape, target_shape)`` of one volume, the defaults filled in."""
+    spec = _spec(anatomy)
+    size = spec.full_size if size is None else int(size)
+    num_slices = spec.default_slices if num_slices is None else int(num_slices)
+    rows, cols = kspace_shape(anatomy, size)
+    if challenge == "singlecoil":
+        return (num_slices, rows, cols), (num_slices, size, size)
+    coils = spec.default_coils if num_coils is None else int(num_coils)
+    return (num_slices, coils, rows, cols), (num_slices, size, size)
+
+
 def _slice_depths(model, num_slices: int) -> List[float]:
-    """Anatomical depths of the slices: like a real volume, they span the whole object
-    (knee: front to back; brain: basal ganglia to vertex), so ``num_slices`` sets the
-    spacing (35 knee slices: about 3 mm, as in fastMRI)."""
+    """Anatomical depths of the slices: like a real volume, they span the whole object, so
+    ``num_slices`` sets their spacing."""
     lo, hi = model.depth_range()
     if num_slices == 1:
         return [min(max(model.middle_depth, lo), hi)]
@@ -527,6 +532,22 @@ def _check_accelerations(accelerations, cols: int) -> Tuple[int, ...]:
     return tuple(int(a) for a in accs)
 
 
+def _check_output_dir(out: Path, names: List[str], overwrite: bool) -> None:
+    """``out`` is a folder or absent; not empty only with ``overwrite``; ``names`` in it are
+    folders or absent."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another output path")
+    if out.is_dir():
+        present = [p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)]
+        if present and not overwrite:
+            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
+                            f"{', '.join(names)} folders (nothing else is touched)")
+        for name in names:
+            p = out / name
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                raise UserError(f"{p}: exists and is not a folder; move it away first")
+
+
 def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
                  challenge: str = "singlecoil", splits: Optional[Mapping[str, int]] = None,
                  num_slices: Optional[int] = None, size: Optional[int] = None,
@@ -554,32 +575,15 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
     _check_volume_args(anatomy, challenge, size, num_slices, num_coils)
     counts = _check_splits(splits)
     seed = _check_int("seed", seed, 0, 2**63 - 1)
-    spec = _spec(anatomy)
-    size = spec.full_size if size is None else int(size)
-    num_slices = spec.default_slices if num_slices is None else int(num_slices)
-    rows, cols = kspace_shape(anatomy, size)
-    accs = _check_accelerations(accelerations, cols)
-    coils = () if challenge == "singlecoil" else (num_coils or spec.default_coils,)
-    kshape = (num_slices, *coils, rows, cols)
-    tshape = (num_slices, size, size)
+    kshape, tshape = _volume_shapes(anatomy, challenge, size, num_slices, num_coils)
+    accs = _check_accelerations(accelerations, kshape[-1])
     # Per volume: k-space and target (a test volume: masked k-space and its _test_gt target).
     needed = sum(counts.values()) * (int(np.prod(kshape)) * 8 + int(np.prod(tshape)) * 4 + 20_000)
-
-    out = Path(out_dir)
     names = {s: f"{challenge}_{s}" for s in counts}
     if "test" in counts:
         names["test_gt"] = f"{challenge}_test_gt"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another output path")
-    if out.is_dir():
-        present = [p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)]
-        if present and not overwrite:
-            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
-                            f"{', '.join(names.values())} folders (nothing else is touched)")
-        for name in names.values():
-            p = out / name
-            if p.is_symlink() or (p.exists() and not p.is_dir()):
-                raise UserError(f"{p}: exists and is not a folder; move it away first")
+    out = Path(out_dir)
+    _check_output_dir(out, list(names.values()), overwrite)
     created = not out.exists()
     out = ensure_writable_dir(out)
     started = time.perf_counter()
@@ -593,8 +597,9 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
             staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, suffix=".partial", dir=out))
         except OSError as exc:
             raise UserError(f"{out}: cannot write there ({exc.strerror})") from None
-        files, acq_counts = _write_splits(staging, names, counts, anatomy, challenge, size,
-                                          num_slices, num_coils, accs, seed, progress)
+        files, acq_counts = _write_splits(staging, names, counts, anatomy, challenge,
+                                          tshape[-1], tshape[0], num_coils, accs, seed,
+                                          progress)
         _swap_into_place(staging, out, list(names.values()))
     except BaseException:
         if staging is not None:
@@ -610,7 +615,7 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
     files = {key: [folders[key] / p.name for p in paths] for key, paths in files.items()}
     written = sum(p.stat().st_size for paths in files.values() for p in paths)
     return DatasetSummary(root=out, anatomy=anatomy, challenge=challenge, seed=seed,
-                          folders=folders, files=files, num_slices=num_slices,
+                          folders=folders, files=files, num_slices=tshape[0],
                           kspace_shape=kshape, target_shape=tshape, accelerations=accs,
                           bytes_written=written, seconds=time.perf_counter() - started,
                           acquisitions=acq_counts)
