@@ -7,20 +7,19 @@ import hashlib
 import xml.etree.ElementTree as etree
 from pathlib import Path
 
+import fastmri
 import h5py
 import numpy as np
 import pytest
 import torch
-
-import fastmri
 from fastmri.data import SliceDataset
 from fastmri.data import transforms as T
 from fastmri.data.mri_data import et_query
 from fastmri.data.subsample import RandomMaskFunc
 
 from clgnet_fastmri.cli import main
-from clgnet_fastmri.data.checks import HEADER_FIELDS
 from clgnet_fastmri.data import synthetic as S
+from clgnet_fastmri.data.checks import HEADER_FIELDS
 from clgnet_fastmri.errors import UserError
 
 SIZE = 32

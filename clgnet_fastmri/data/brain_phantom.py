@@ -17,8 +17,19 @@ from typing import NamedTuple, Tuple
 
 import numpy as np
 
-from .phantoms import (Slice, Texture, Waves, depth_factor, ellipse_sd, jitter, paint, ramp,
-                       segment_sd, smooth_union, smoothstep)
+from .phantoms import (
+    Slice,
+    Texture,
+    Waves,
+    depth_factor,
+    ellipse_sd,
+    jitter,
+    paint,
+    ramp,
+    segment_sd,
+    smooth_union,
+    smoothstep,
+)
 
 # Relative tissue magnetisations in T1 ("bone": cortical bone of the skull tables).
 _T1 = dict(skin=0.55, fat=1.05, muscle=0.35, bone=0.04, diploe=0.72, csf=0.10, gm=0.50,

@@ -18,9 +18,25 @@ from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 
-from .phantoms import (SPECS, Slice, Texture, Waves, band, box_profile, depth_factor,
-                       ellipse_sd, jitter, lines, paint, ramp, segment_sd, smooth_intersection,
-                       smooth_union, smoothstep, trumpet)
+from .phantoms import (
+    SPECS,
+    Slice,
+    Texture,
+    Waves,
+    band,
+    box_profile,
+    depth_factor,
+    ellipse_sd,
+    jitter,
+    lines,
+    paint,
+    ramp,
+    segment_sd,
+    smooth_intersection,
+    smooth_union,
+    smoothstep,
+    trumpet,
+)
 
 # Relative tissue magnetisations, proton density and fat suppressed.
 _PD = dict(skin=0.50, fat=1.00, muscle=0.33, cartilage=0.58, fluid=0.66, ligament=0.06,
