@@ -165,7 +165,8 @@ def _header(size: int, rows: int, cols: int, padding: Tuple[int, int]) -> bytes:
 
 def _skip_version1_header_draws(rng: np.random.Generator) -> None:
     """Make, unused, the draws of version 1's descriptive header fields (field strength, TR
-    and TE, study time, measurement ID): the test masks are drawn after them."""
+    and TE, study time, measurement ID): the test masks are drawn after them. Drop this with
+    the next ``GENERATOR_VERSION``."""
     rng.integers(2)
     rng.uniform(size=6)
     rng.integers(7, 19)
@@ -308,29 +309,21 @@ class _Synth:
             rss = np.sqrt(rss)
         return (sens * phase).astype(np.complex64), (rss * phase).astype(np.complex64)
 
-    def coil_images(self, k: int, combined: bool = False):
-        """Noise-free complex images of slice ``k``: ``(images, maps, combined)``.
-
-        Singlecoil: ``images`` is the one image (and ``combined``), ``maps`` is None.
-        Multicoil: ``images`` and ``maps`` are ``(coils, rows, cols)``; ``combined`` (only
-        when asked for) is the magnetisation x RSS of the maps x object phase.
-        """
-        maps_c, comb_c = self._fields(k)
-        m = self.magnetisation[k] * self.amplitude
-        if self.challenge == "singlecoil":
-            img = m * self.frame.maps.up(comb_c)
-            return img, None, img
-        maps = self.frame.maps.up(maps_c)
-        comb = m * self.frame.maps.up(comb_c) if combined else None
-        return m[None] * maps, maps, comb
-
     def slices(self, clean: bool = False) -> Iterator[Dict[str, np.ndarray]]:
         """Per slice: ``kspace`` (noisy, zero outside the acquired columns), ``target`` and,
-        with ``clean``, ``clean_target``, ``image`` (combined) and ``maps``."""
+        with ``clean``, ``clean_target``, ``image`` (coil-combined) and (multicoil) ``maps``."""
         left, right = self.padding
         sigma = self.noise_std
         for k in range(self.num_slices):
-            img, maps, comb = self.coil_images(k, combined=clean)
+            maps_c, comb_c = self._fields(k)
+            m = self.magnetisation[k] * self.amplitude
+            maps = None
+            if self.challenge == "singlecoil":
+                img = comb = m * self.frame.maps.up(comb_c)
+            else:
+                maps = self.frame.maps.up(maps_c)
+                img = m[None] * maps
+                comb = m * self.frame.maps.up(comb_c) if clean else None
             ks = _fft2c(img.astype(np.complex64))
             noise = self.rng_noise.standard_normal((2,) + ks.shape, dtype=np.float32)
             ks_noisy = ks + sigma * (noise[0] + 1j * noise[1])
@@ -418,20 +411,19 @@ def make_volume(anatomy: str = "knee", *, challenge: str = "singlecoil",
         anatomy: "knee" (coronal PD / PD-FS, fastMRI knee geometry) or "brain" (axial T1,
             CC-359 geometry).
         challenge: "singlecoil" or "multicoil".
-        size: target side in pixels (even, 16..1024); default full size (knee 320, brain
-            256). The k-space grid scales with it (see ``kspace_shape``).
-        num_slices: slices of the volume, spread over the whole object like a real volume;
-            default as in real data (knee 35, brain 16).
-        num_coils: multicoil only; default 15 (knee) or 12 (brain).
+        size: target side in pixels (even); default the anatomy's full size. The k-space
+            grid scales with it (see ``kspace_shape``).
+        num_slices: spread over the whole object; default as in the real data.
+        num_coils: multicoil only; default the anatomy's coil array.
         seed: an int, a sequence of ints or a ``numpy.random.SeedSequence``;
             ``volume_seed(seed, split, index)`` reproduces a volume of ``make_dataset``.
-        acquisition: force the contrast ("CORPD_FBK", "CORPDFS_FBK", "AXT1"); default drawn.
-        snr: force the SNR (see the module docstring); default drawn from the realistic range.
-        return_maps: keep the multicoil sensitivity maps (memory: slices x coils x k-space).
+        acquisition: force the contrast (one of the anatomy's); default drawn.
+        snr: force the SNR (see the module docstring); default drawn.
+        return_maps: keep the multicoil sensitivity maps (slices x coils x k-space).
 
     Returns:
-        A ``SyntheticVolume``; ``kspace``, ``target``, ``header`` and ``attrs`` are exactly
-        what ``make_dataset`` writes for a training file.
+        A ``SyntheticVolume``; ``kspace``, ``target``, ``header`` and ``attrs`` are what
+        ``make_dataset`` writes for a training file.
     """
     _check_volume_args(anatomy, challenge, size, num_slices, num_coils, acquisition, snr)
     synth = _Synth(anatomy, challenge, size, num_slices, num_coils, seed, acquisition, snr)
