@@ -88,7 +88,11 @@ class _Textures(NamedTuple):
 
 
 class Brain:
-    """The brain model of one volume, drawn from ``rng``; ``render`` paints one slice."""
+    """The brain model of one volume, drawn from ``rng``; ``render`` paints one slice.
+
+    Parameters are drawn in the order they are written: reordering them changes the data,
+    which needs a new ``GENERATOR_VERSION``.
+    """
 
     texture_spacing = 1.25
     map_spacing = 8.0
@@ -101,16 +105,21 @@ class Brain:
         self.angle = math.radians(U(-7.0, 7.0))
         self.shift = (U(-8.0, 8.0), U(-8.0, 8.0))
         self.middle_depth = U(14.0, 26.0)  # of a one-slice volume
-        head = (U(72.0, 80.0), U(92.0, 102.0), U(0.04, 0.10), U(-30.0, -20.0), U(92.0, 100.0),
-                U(1.2, 2.0), U(2.5, 5.5), U(1.1, 1.7), U(1.8, 3.8))
-        cortex = (U(1.0, 3.0), U(2.3, 3.0), U(0.35, 0.8), U(10.0, 15.0), U(-2.0, 2.0))
-        self.ventricles = Ventricles(U(3.5, 8.0), U(20.0, 28.0), U(-6.0, 2.0), U(1.0, 7.0),
-                                     U(0.5, 1.1), math.radians(U(6.0, 14.0)))
-        callosum = U(32.0, 38.0)
-        self.head = Head(*head, Waves(rng, 50.0), Waves(rng, 35.0))
-        self.cortex = Cortex(*cortex, callosum, Waves(rng, 40.0), Waves(rng, U(14.0, 18.0), n=40),
-                             Waves(rng, 18.0, n=32), Waves(rng, 30.0), Waves(rng, 60.0),
-                             Waves(rng, 30.0), Waves(rng, 25.0))
+        head = dict(half_width=U(72.0, 80.0), half_length=U(92.0, 102.0), taper=U(0.04, 0.10),
+                    dome_start=U(-30.0, -20.0), dome_height=U(92.0, 100.0), skin=U(1.2, 2.0),
+                    scalp=U(2.5, 5.5), table=U(1.1, 1.7), diploe=U(1.8, 3.8))
+        cortex = dict(csf=U(1.0, 3.0), grey_matter=U(2.3, 3.0), sulcus_half_width=U(0.35, 0.8),
+                      sulcus_depth=U(10.0, 15.0), midline_u=U(-2.0, 2.0))
+        self.ventricles = Ventricles(half_width=U(3.5, 8.0), half_length=U(20.0, 28.0),
+                                     v=U(-6.0, 2.0), depth_centre=U(1.0, 7.0),
+                                     septum=U(0.5, 1.1), angle=math.radians(U(6.0, 14.0)))
+        cortex["callosum_half_length"] = U(32.0, 38.0)
+        self.head = Head(**head, outline=Waves(rng, 50.0), layers=Waves(rng, 35.0))
+        self.cortex = Cortex(**cortex, csf_variation=Waves(rng, 40.0),
+                             sulci=Waves(rng, U(14.0, 18.0), n=40),
+                             sulci_meander=Waves(rng, 18.0, n=32),
+                             sulcus_depth_variation=Waves(rng, 30.0), midline=Waves(rng, 60.0),
+                             grey_variation=Waves(rng, 30.0), white_variation=Waves(rng, 25.0))
 
     def coil_centres(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """One or two rings of ``n`` loops around the head."""

@@ -222,7 +222,11 @@ class _Bones(NamedTuple):
 
 
 class Knee:
-    """The knee model of one volume, drawn from ``rng``; ``render`` paints one slice."""
+    """The knee model of one volume, drawn from ``rng``; ``render`` paints one slice.
+
+    Parameters are drawn in the order they are written (arguments left to right): reordering
+    them changes the data, which needs a new ``GENERATOR_VERSION``.
+    """
 
     texture_spacing = 2.0
     map_spacing = 8.0
@@ -240,13 +244,14 @@ class Knee:
         self.femoral_cartilage, self.tibial_cartilage = U(1.8, 3.0), U(1.5, 2.6)
         self.femur = self._draw_femur(rng, gap)
         self.tibia = self._draw_tibia(rng, gap)
-        t = self.tibia
+        f, t = self.femur, self.tibia
         head_u = t.centre_u - self.side * (t.half_width - U(4.0, 7.0))
-        self.fibula = Fibula(head_u, t.plateau_v + U(21.0, 26.0), t.depth_centre - U(14.0, 20.0),
-                             head_u - self.side * 4.0)
-        f = self.femur
-        self.patella = Patella(f.centre_u + U(-4.0, 4.0), f.bottom_v - U(22.0, 32.0),
-                               f.condyle_depth + U(36.0, 44.0), (U(19.0, 23.0), U(15.0, 19.0)))
+        self.fibula = Fibula(head_u=head_u, head_v=t.plateau_v + U(21.0, 26.0),
+                             depth_centre=t.depth_centre - U(14.0, 20.0),
+                             foot_u=head_u - self.side * 4.0)
+        self.patella = Patella(u=f.centre_u + U(-4.0, 4.0), v=f.bottom_v - U(22.0, 32.0),
+                               depth_centre=f.condyle_depth + U(36.0, 44.0),
+                               semi_axes=(U(19.0, 23.0), U(15.0, 19.0)))
         self.meniscus_widths = (U(9.0, 13.0), U(9.0, 13.0))
         self.meniscus_heights = (U(5.0, 8.0), U(5.0, 8.0))
         self.effusion = U(0.5, 3.0)
@@ -258,32 +263,33 @@ class Knee:
     def _draw_femur(self, rng: np.random.Generator, gap: float) -> Femur:
         U, s = rng.uniform, self.side
         centre_u, notch, condyle_depth = U(-3.0, 3.0), U(5.0, 7.0), U(-12.0, -4.0)
-        a_med, a_lat = U(13.5, 16.5), U(13.0, 16.0)
-        b_med, b_lat = U(17.0, 22.0), U(16.0, 21.0)
+        a_med, a_lat = U(13.5, 16.5), U(13.0, 16.0)  # condyle half widths
+        b_med, b_lat = U(17.0, 22.0), U(16.0, 21.0)  # condyle half heights
         bottom_v = -(gap / 2 + self.femoral_cartilage)
-        medial = Condyle(centre_u + s * (a_med + notch), a_med, b_med, condyle_depth,
-                         U(28.0, 34.0), bottom_v - b_med)
-        lateral = Condyle(centre_u - s * (a_lat + notch), a_lat, b_lat,
-                          condyle_depth + U(-3, 3), U(27.0, 33.0), bottom_v - b_lat)
+        medial = Condyle(u=centre_u + s * (a_med + notch), half_width=a_med, half_height=b_med,
+                         depth_centre=condyle_depth, half_depth=U(28.0, 34.0),
+                         v=bottom_v - b_med)
+        lateral = Condyle(u=centre_u - s * (a_lat + notch), half_width=a_lat, half_height=b_lat,
+                          depth_centre=condyle_depth + U(-3, 3), half_depth=U(27.0, 33.0),
+                          v=bottom_v - b_lat)
         condyle_v = bottom_v - 0.5 * (b_med + b_lat)
-        half_width = notch + 0.5 * (a_med + a_lat) * 1.9
-        shaft, flare, half_depth, notch_height = U(12.0, 15.0), U(14.0, 20.0), U(28.0, 34.0), \
-            U(14.0, 20.0)
-        physis = Physis.draw(rng, condyle_v - U(6.0, 12.0))
-        return Femur(centre_u, notch, condyle_depth, bottom_v, condyle_v, (medial, lateral),
-                     half_width, shaft, flare, half_depth, notch_height, physis)
+        return Femur(centre_u=centre_u, notch_half_width=notch, condyle_depth=condyle_depth,
+                     bottom_v=bottom_v, condyle_v=condyle_v, condyles=(medial, lateral),
+                     half_width=notch + 0.5 * (a_med + a_lat) * 1.9,
+                     shaft_radius=U(12.0, 15.0), flare_length=U(14.0, 20.0),
+                     half_depth=U(28.0, 34.0), notch_height=U(14.0, 20.0),
+                     physis=Physis.draw(rng, condyle_v - U(6.0, 12.0)))
 
     def _draw_tibia(self, rng: np.random.Generator, gap: float) -> Tibia:
         U, f = rng.uniform, self.femur
-        centre_u = f.centre_u + U(-2.0, 2.0)
         plateau_v = gap / 2 + self.tibial_cartilage
         widest = max(f.condyles[0].half_width, f.condyles[1].half_width)
-        half_width = f.notch_half_width + widest * 2.0 + U(1.5, 4.0)
-        shaft, flare, half_depth = U(11.0, 14.0), U(12.0, 18.0), U(24.0, 30.0)
-        depth_centre, spine_height = f.condyle_depth + U(0.0, 6.0), U(3.5, 6.5)
-        physis = Physis.draw(rng, plateau_v + U(15.0, 22.0))
-        return Tibia(centre_u, plateau_v, half_width, shaft, flare, half_depth, depth_centre,
-                     spine_height, physis)
+        return Tibia(centre_u=f.centre_u + U(-2.0, 2.0), plateau_v=plateau_v,
+                     half_width=f.notch_half_width + widest * 2.0 + U(1.5, 4.0),
+                     shaft_radius=U(11.0, 14.0), flare_length=U(12.0, 18.0),
+                     half_depth=U(24.0, 30.0), depth_centre=f.condyle_depth + U(0.0, 6.0),
+                     spine_height=U(3.5, 6.5),
+                     physis=Physis.draw(rng, plateau_v + U(15.0, 22.0)))
 
     def _draw_leg(self, rng: np.random.Generator) -> Leg:
         U = rng.uniform
@@ -291,13 +297,17 @@ class Knee:
         spec = SPECS["knee"]
         pe_half = spec.fov_mm * spec.pe_ratio / 2
         room = (0.97 * pe_half - abs(self.shift[0])) / self.scale - 90 * abs(math.sin(self.angle))
-        half_width = min(U(50.0, 58.0), room - flare - 5.0)
-        sizes = (U(55.0, 62.0), self.femur.condyle_depth + U(-4.0, 4.0), U(-0.03, 0.03),
-                 U(1.2, 2.0), U(3.0, 11.0), U(16.0, 28.0))
-        fields = (Waves(rng, 45.0), Waves(rng, 50.0), Waves(rng, 35.0, stretch=(1.0, 2.0, 1.0)),
-                  Waves(rng, 20.0, stretch=(1.0, 2.5, 1.0)), Waves(rng, 12.0), Waves(rng, 25.0),
-                  Waves(rng, 16.0, stretch=(1.0, 1.5, 1.0)), Waves(rng, 30.0))
-        return Leg(flare, half_width, *sizes, *fields)
+        return Leg(flare=flare, half_width=min(U(50.0, 58.0), room - flare - 5.0),
+                   half_depth=U(55.0, 62.0),
+                   depth_centre=self.femur.condyle_depth + U(-4.0, 4.0),
+                   bend=U(-0.03, 0.03), skin=U(1.2, 2.0), fat=U(3.0, 11.0),
+                   muscle_gap=U(16.0, 28.0), outline=Waves(rng, 45.0),
+                   fat_variation=Waves(rng, 50.0),
+                   muscle_edge=Waves(rng, 35.0, stretch=(1.0, 2.0, 1.0)),
+                   muscle_septa=Waves(rng, 20.0, stretch=(1.0, 2.5, 1.0)),
+                   fat_strands=Waves(rng, 12.0), strand_gate=Waves(rng, 25.0),
+                   fat_vessels=Waves(rng, 16.0, stretch=(1.0, 1.5, 1.0)),
+                   variation=Waves(rng, 30.0))
 
     def coil_centres(self, n: int, rng: np.random.Generator) -> np.ndarray:
         """A cylinder of ``n`` loops around the leg (axis along ``v``)."""
