@@ -185,10 +185,6 @@ class SyntheticVolume:
         target: float32 ``(slices, size, size)``: centre crop of ``|ifft2c(kspace)|`` (RSS
             over coils for multicoil); what the files store as ``reconstruction_esc/_rss``.
         clean_target: the same computed without noise (same k-space column support).
-        image: complex64 ``(slices, rows, cols)``: the noise-free coil-combined image on the
-            k-space grid (magnetisation x bias x phase; multicoil: x RSS of the maps).
-        sens_maps: complex64 ``(slices, coils, rows, cols)`` (multicoil with
-            ``return_maps=True``), else None.
         header: the ``ismrmrd_header`` XML bytes.
         attrs: the file attributes ``acquisition``, ``max``, ``norm``, ``patient_id``.
         noise_std: standard deviation of the real (and of the imaginary) part of the noise
@@ -202,9 +198,7 @@ class SyntheticVolume:
     acquisition: str
     kspace: np.ndarray
     target: np.ndarray
-    clean_target: Optional[np.ndarray]
-    image: Optional[np.ndarray]
-    sens_maps: Optional[np.ndarray]
+    clean_target: np.ndarray
     header: bytes
     attrs: Dict[str, object]
     noise_std: float
@@ -220,8 +214,7 @@ class _Synth:
     """
 
     def __init__(self, anatomy: str, challenge: str, size: Optional[int], num_slices: int,
-                 num_coils: Optional[int], seed: SeedLike, acquisition: Optional[str] = None,
-                 snr: Optional[float] = None):
+                 num_coils: Optional[int], seed: SeedLike, acquisition: Optional[str] = None):
         spec = _spec(anatomy)
         self.challenge = challenge
         self.kspace_shape, (self.num_slices, self.size, _) = _volume_shapes(
@@ -236,8 +229,7 @@ class _Synth:
         if acquisition is None:
             acquisition = str(r_misc.choice(spec.acquisitions))
         self.acquisition = acquisition
-        self.snr = float(r_misc.uniform(*_SNR_RANGE[acquisition])) if snr is None \
-            else float(snr)
+        self.snr = float(r_misc.uniform(*_SNR_RANGE[acquisition]))
         self.amplitude = _SIGNAL_SCALE * float(np.exp(r_misc.uniform(-0.4, 0.4)))
         self.patient_id = r_misc.bytes(16).hex()
         self.model = model = MODELS[anatomy](r_anatomy, acquisition)
@@ -311,22 +303,18 @@ class _Synth:
 
     def slices(self, clean: bool = False) -> Iterator[Dict[str, np.ndarray]]:
         """Per slice: ``kspace`` (noisy, zero outside the acquired columns), ``target`` and,
-        with ``clean``, ``clean_target``, ``image`` (coil-combined) and (multicoil) ``maps``."""
+        with ``clean``, ``clean_target``."""
         left, right = self.padding
-        sigma = self.noise_std
         for k in range(self.num_slices):
-            maps_c, comb_c = self._fields(k)
+            maps, combined = self._fields(k)
             m = self.magnetisation[k] * self.amplitude
-            maps = None
             if self.challenge == "singlecoil":
-                img = comb = m * self.frame.maps.up(comb_c)
+                img = m * self.frame.maps.up(combined)
             else:
-                maps = self.frame.maps.up(maps_c)
-                img = m[None] * maps
-                comb = m * self.frame.maps.up(comb_c) if clean else None
+                img = m[None] * self.frame.maps.up(maps)
             ks = _fft2c(img.astype(np.complex64))
             noise = self.rng_noise.standard_normal((2,) + ks.shape, dtype=np.float32)
-            ks_noisy = ks + sigma * (noise[0] + 1j * noise[1])
+            ks_noisy = ks + self.noise_std * (noise[0] + 1j * noise[1])
             ks_noisy[..., :left] = 0
             ks_noisy[..., right:] = 0
             ks_noisy = ks_noisy.astype(np.complex64)
@@ -335,9 +323,6 @@ class _Synth:
                 ks[..., :left] = 0
                 ks[..., right:] = 0
                 out["clean_target"] = self._target(ks)
-                out["image"] = comb.astype(np.complex64)
-                if maps is not None:
-                    out["maps"] = maps.astype(np.complex64)
             yield out
 
     def _target(self, ks: np.ndarray) -> np.ndarray:
@@ -370,13 +355,11 @@ def _slice_depths(model, num_slices: int) -> List[float]:
 
 
 def _check_volume_args(anatomy, challenge, size, num_slices, num_coils,
-                       acquisition: Optional[str] = None, snr: Optional[float] = None) -> None:
+                       acquisition: Optional[str] = None) -> None:
     spec = _spec(anatomy)
     if acquisition is not None and acquisition not in spec.acquisitions:
         raise UserError(f"acquisition {acquisition!r} is not a {anatomy} acquisition "
                         f"({', '.join(spec.acquisitions)})")
-    if snr is not None and not (isinstance(snr, (int, float)) and 0 < snr < 1e6):
-        raise UserError(f"snr must be a positive number, not {snr!r}")
     if challenge not in CHALLENGES:
         raise UserError(f"unknown challenge {challenge!r}; choose singlecoil or multicoil")
     if size is not None:
@@ -403,8 +386,7 @@ def _check_int(name: str, value, low: int, high: int) -> int:
 def make_volume(anatomy: str = "knee", *, challenge: str = "singlecoil",
                 size: Optional[int] = None, num_slices: Optional[int] = None,
                 num_coils: Optional[int] = None, seed: SeedLike = 0,
-                acquisition: Optional[str] = None, snr: Optional[float] = None,
-                return_maps: bool = False) -> SyntheticVolume:
+                acquisition: Optional[str] = None) -> SyntheticVolume:
     """Build one synthetic volume in memory (no files).
 
     Args:
@@ -418,29 +400,21 @@ def make_volume(anatomy: str = "knee", *, challenge: str = "singlecoil",
         seed: an int, a sequence of ints or a ``numpy.random.SeedSequence``;
             ``volume_seed(seed, split, index)`` reproduces a volume of ``make_dataset``.
         acquisition: force the contrast (one of the anatomy's); default drawn.
-        snr: force the SNR (see the module docstring); default drawn.
-        return_maps: keep the multicoil sensitivity maps (slices x coils x k-space).
 
     Returns:
         A ``SyntheticVolume``; ``kspace``, ``target``, ``header`` and ``attrs`` are what
         ``make_dataset`` writes for a training file.
     """
-    _check_volume_args(anatomy, challenge, size, num_slices, num_coils, acquisition, snr)
-    synth = _Synth(anatomy, challenge, size, num_slices, num_coils, seed, acquisition, snr)
-    parts: Dict[str, List[np.ndarray]] = {}
-    for sl in synth.slices(clean=True):
-        for key, value in sl.items():
-            if key == "maps" and not return_maps:
-                continue
-            parts.setdefault(key, []).append(value)
-    stacked = {k: np.stack(v) for k, v in parts.items()}
-    target = stacked["target"]
+    _check_volume_args(anatomy, challenge, size, num_slices, num_coils, acquisition)
+    synth = _Synth(anatomy, challenge, size, num_slices, num_coils, seed, acquisition)
+    slices = list(synth.slices(clean=True))
+    kspace, target, clean_target = (np.stack([sl[key] for sl in slices])
+                                    for key in ("kspace", "target", "clean_target"))
     return SyntheticVolume(
-        anatomy=anatomy, challenge=challenge, acquisition=synth.acquisition,
-        kspace=stacked["kspace"], target=target, clean_target=stacked["clean_target"],
-        image=stacked["image"], sens_maps=stacked.get("maps"), header=synth.header,
-        attrs=_target_attrs(synth, target), noise_std=synth.noise_std,
-        snr=synth.snr, padding=synth.padding)
+        anatomy=anatomy, challenge=challenge, acquisition=synth.acquisition, kspace=kspace,
+        target=target, clean_target=clean_target, header=synth.header,
+        attrs=_target_attrs(synth, target), noise_std=synth.noise_std, snr=synth.snr,
+        padding=synth.padding)
 
 
 def _target_attrs(synth: _Synth, target: np.ndarray) -> Dict[str, object]:
