@@ -70,11 +70,11 @@ class Condyle:
     """An ellipsoid: centre ``(u, v)``, semi-axes ``(half_width, half_height)`` in-plane."""
 
     u: float
+    v: float
     half_width: float
     half_height: float
     depth_centre: float
     half_depth: float
-    v: float
 
 
 @dataclass(frozen=True)
