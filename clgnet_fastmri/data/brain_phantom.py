@@ -136,6 +136,7 @@ class Brain:
         return np.asarray(out)
 
     def centre_point(self) -> Tuple[float, float, float]:
+        """Where the coil sensitivities' root-sum-of-squares is 1."""
         return (0.0, 0.0, 10.0)
 
     def depth_range(self) -> Tuple[float, float]:

@@ -323,6 +323,7 @@ class Knee:
         return np.asarray(out)
 
     def centre_point(self) -> Tuple[float, float, float]:
+        """Where the coil sensitivities' root-sum-of-squares is 1."""
         return (self.femur.centre_u, 0.0, self.leg.depth_centre)
 
     def depth_range(self) -> Tuple[float, float]:

@@ -5,6 +5,11 @@ in millimetres, cut at one depth per slice and painted tissue by tissue into a r
 magnetisation image. Edges are box-filtered over one pixel (partial volume) and fine textures
 are band-limited noise defined in millimetres, so a smaller image is the same object at a
 lower resolution. Smooth fields are evaluated on a coarse grid and upsampled bilinearly.
+
+A model is built as ``Model(rng, acquisition)`` and has a pose (``scale``, ``angle``,
+``shift``), grid spacings (``texture_spacing``, ``map_spacing``), ``loop_radius`` of its coils,
+``middle_depth`` (the slice of a one-slice volume), and ``coil_centres(n, rng)``,
+``centre_point()``, ``depth_range()`` and ``render(Slice) -> magnetisation``.
 """
 
 from __future__ import annotations
