@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import xml.etree.ElementTree as etree
 from pathlib import Path
 
+import fastmri
 import h5py
 import numpy as np
 import pytest
 import torch
-
-import fastmri
 from fastmri.data import SliceDataset
 from fastmri.data import transforms as T
+from fastmri.data.mri_data import et_query
 from fastmri.data.subsample import RandomMaskFunc
 
 from clgnet_fastmri.cli import main
 from clgnet_fastmri.data import synthetic as S
+from clgnet_fastmri.data.checks import HEADER_FIELDS
 from clgnet_fastmri.errors import UserError
 
 SIZE = 32
@@ -120,6 +122,14 @@ def test_project_file_checks_accept_the_files(dataset):
             assert check_volume(path, dataset.challenge, need_target=key != "test") == SLICES
 
 
+def _leaf_paths(element, path=()) -> list:
+    """Paths (tag names without namespace) of the leaves of an XML tree, sorted."""
+    children = list(element)
+    if not children:
+        return [list(path)]
+    return sorted(p for c in children for p in _leaf_paths(c, path + (c.tag.split("}")[1],)))
+
+
 def test_header_parses_like_slicedataset(dataset):
     ch = dataset.challenge
     rows, cols = S.kspace_shape(dataset.anatomy, SIZE)
@@ -137,9 +147,8 @@ def test_header_parses_like_slicedataset(dataset):
         root = etree.fromstring(hf["ismrmrd_header"][()])
         kspace = hf["kspace"][()]
     assert root.tag == "{http://www.ismrm.org/ISMRMRD}ismrmrdHeader"
-    ns = {"m": "http://www.ismrm.org/ISMRMRD"}
-    fov = root.find("m:encoding/m:reconSpace/m:fieldOfView_mm/m:x", ns)
-    assert float(fov.text) == S.SPECS[dataset.anatomy].fov_mm
+    # The header holds the fields fastmri reads and nothing else.
+    assert _leaf_paths(root) == sorted(HEADER_FIELDS)
     # The unacquired columns the header announces are zero in k-space.
     assert not np.any(kspace[..., :left]) and not np.any(kspace[..., right:])
 
@@ -213,13 +222,11 @@ def test_fastmri_evaluate_scores_zero_filled(dataset, tmp_path):
                                                ("brain", "singlecoil"), ("brain", "multicoil")])
 def test_make_volume(anatomy, challenge):
     vol = S.make_volume(anatomy, challenge=challenge, size=48, num_slices=2, seed=1,
-                        num_coils=3 if challenge == "multicoil" else None, return_maps=True)
+                        num_coils=3 if challenge == "multicoil" else None)
     rows, cols = S.kspace_shape(anatomy, 48)
     coils = (3,) if challenge == "multicoil" else ()
     assert vol.kspace.shape == (2, *coils, rows, cols) and vol.kspace.dtype == np.complex64
     assert vol.target.shape == vol.clean_target.shape == (2, 48, 48)
-    assert vol.image.shape == (2, rows, cols)
-    assert (vol.sens_maps is None) == (challenge == "singlecoil")
     _assert_consistent(vol.kspace, vol.target)
     # Intensities on the scale of real fastMRI data.
     assert 5e-5 < vol.attrs["max"] < 5e-3
@@ -332,6 +339,103 @@ def test_dataset_determinism_and_stability(tmp_path):
     data = _read(one.files["train"][1])
     np.testing.assert_array_equal(vol.kspace, data["kspace"])
     np.testing.assert_array_equal(vol.target, data["reconstruction_esc"])
+
+
+# --------------------------------------------------------------------------------------------
+# Pinned output: the same arguments and seed give the same data (GENERATOR_VERSION 1)
+
+
+def _feed(h, name: str, value) -> None:
+    a = np.asarray(value)
+    h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+    h.update(a.tobytes())
+
+
+def _dataset_digest(root: Path) -> str:
+    """sha256 over every dataset and attribute of every file, in sorted path and key order.
+
+    Not the .h5 bytes (they carry timestamps). The header enters as the integer fields
+    fastmri's ``SliceDataset`` reads from it (``HEADER_FIELDS``), not as its XML text, so
+    that the other fields can be dropped or reworded without changing the data.
+    """
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.h5")):
+        h.update(path.relative_to(root).as_posix().encode())
+        with h5py.File(path, "r") as hf:
+            for key in sorted(hf):
+                value = hf[key][()]
+                if key == "ismrmrd_header":
+                    header = etree.fromstring(value)
+                    value = [int(et_query(header, f)) for f in HEADER_FIELDS]
+                _feed(h, key, value)
+            for key in sorted(hf.attrs):
+                _feed(h, f"attr:{key}", hf.attrs[key])
+    return h.hexdigest()
+
+
+# (make_dataset arguments, acquisitions written, sha256 of the files). Together they cover
+# both knee contrasts, brain, multicoil with fewer coils than a full array (a subset), one
+# ring and two rings of coils, one slice, and textures finer than the pixels (brain, 224).
+PINNED = [
+    (dict(anatomy="knee", challenge="singlecoil", size=32, num_slices=3, seed=0),
+     {"CORPD_FBK": 2, "CORPDFS_FBK": 3},
+     "1dbe68d3da58881cf38710d4f705c42a96b8afabc4bda3b966c5d1ab20402fff"),
+    (dict(anatomy="knee", challenge="singlecoil", size=80, num_slices=2, seed=1),
+     {"CORPD_FBK": 3, "CORPDFS_FBK": 2},
+     "18d2efd2b5652c12fa4eee933b6bada9a405f3349a4e208f718fe91e65435d94"),
+    (dict(anatomy="brain", challenge="singlecoil", size=32, num_slices=1, seed=0),
+     {"AXT1": 5}, "b128f3899d9afc3150785f5c294db2e2f015386f610f63d747dc4aa75b8c60ec"),
+    (dict(anatomy="knee", challenge="multicoil", size=32, num_slices=2, num_coils=3, seed=0),
+     {"CORPD_FBK": 2, "CORPDFS_FBK": 3},
+     "b0e284a6548603ae6a8541c89ebc8ed70458d3637c4d9b24600658790cf37885"),
+    (dict(anatomy="knee", challenge="multicoil", size=32, num_slices=2, num_coils=9, seed=0),
+     {"CORPD_FBK": 2, "CORPDFS_FBK": 3},
+     "6fabe86fae947c362ed7d00bc9baa19fe331ffa6f7040900ae88ec9cdf9270b6"),
+    (dict(anatomy="brain", challenge="multicoil", size=32, num_slices=3, seed=0),
+     {"AXT1": 5}, "40da91cd3ac8f5341ebe57ecce709571c96b0bc3115bd4405a47dbb6d7e9fa25"),
+]
+
+
+@pytest.mark.parametrize("kwargs,acquisitions,digest", PINNED,
+                         ids=[f"{k['anatomy']}-{k['challenge']}-{k['size']}-{k['num_slices']}sl"
+                              f"-{k.get('num_coils', 1)}c" for k, _, _ in PINNED])
+def test_output_is_pinned(tmp_path, kwargs, acquisitions, digest):
+    """Same arguments and seed, same data: bump GENERATOR_VERSION when a digest changes.
+
+    The digests hold for one numpy build on x86-64; numpy's vectorised float32 maths may round
+    differently on another CPU family or numpy release, where they must be recorded anew from
+    an unchanged generator.
+    """
+    summary = S.make_dataset(tmp_path, splits={"train": 2, "val": 1, "test": 2},
+                             progress=False, **kwargs)
+    assert summary.acquisitions == acquisitions
+    assert _dataset_digest(tmp_path) == digest
+
+
+def test_output_is_pinned_fine_textures(tmp_path):
+    summary = S.make_dataset(tmp_path, anatomy="brain", size=224, num_slices=2, seed=2,
+                             splits={"train": 1, "test": 1}, progress=False)
+    assert summary.acquisitions == {"AXT1": 2}
+    assert _dataset_digest(tmp_path) == (
+        "7b11daed2cbc07576f56bca436ac5d19d6f5b4e96132fe9e9dd1785dea00f4f1")
+
+
+@pytest.mark.parametrize("anatomy,challenge,coils,digest", [
+    ("knee", "multicoil", 3, "4126d81ee7de63aa7b776885ba9cc388372adde5ad2a36c3a678389a06093ba6"),
+    ("brain", "singlecoil", None,
+     "996c2b89b493fa75dd7a652197ccd234b5ec06fd433b29cfa0e40c716cf39d46"),
+    ("knee", "singlecoil", None,
+     "8631caea54bbdb27f11427c98955a52e1d94272fa5e3e4d2458e9d9633ec6ed5"),
+])
+def test_make_volume_is_pinned(anatomy, challenge, coils, digest):
+    """The in-memory extras (noise-free target, noise level, SNR) are pinned too."""
+    vol = S.make_volume(anatomy, challenge=challenge, size=32, num_slices=2, num_coils=coils,
+                        seed=(4, 1))
+    h = hashlib.sha256()
+    for name in ("kspace", "target", "clean_target"):
+        _feed(h, name, getattr(vol, name))
+    _feed(h, "scalars", [vol.noise_std, vol.snr, *vol.padding])
+    assert h.hexdigest() == digest
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,66 +1,24 @@
 """Synthetic knee and brain MRI in the fastMRI HDF5 layout (``clgnet-fastmri make-data``).
 
-No real fastMRI or CC-359 data can be downloaded on this project's machines, and a new user
-should be able to run training, evaluation and submission export before downloading
-anything. This module writes a dataset that the unmodified ``fastmri`` package reads exactly
-as it reads the real one::
+Writes a dataset that unmodified ``fastmri`` reads as it reads the real one, so that training,
+evaluation and submission run before any real data is downloaded::
 
-    <out>/{challenge}_train/*.h5    fully-sampled k-space and target
+    <out>/{challenge}_train/*.h5    fully sampled k-space and target
     <out>/{challenge}_val/*.h5      the same
     <out>/{challenge}_test/*.h5     k-space masked like the challenge set, ``mask``, no target
-    <out>/{challenge}_test_gt/*.h5  the fully-sampled targets of the test volumes (same file
-                                    names), what ``fastmri.evaluate.evaluate`` scores against
+    <out>/{challenge}_test_gt/*.h5  the targets of the test volumes, for ``evaluate``
 
-Library API
------------
-``make_volume(anatomy, ...) -> SyntheticVolume``
-    One volume in memory (k-space, target, noise-free target, header, attributes); no files.
-``make_dataset(out_dir, ...) -> DatasetSummary``
-    A whole dataset on disk; this is what ``make-data`` runs.
-``volume_seed(seed, split, index)``
-    The seed ``make_dataset`` gives volume ``index`` of ``split``: ``make_volume(...,
-    seed=volume_seed(0, "train", 3))`` rebuilds that volume in memory.
-``kspace_shape(anatomy, size)``, ``center_fraction(acceleration)``, ``sample_mask(...)``
-    The k-space grid, the fastMRI centre fraction rule and the test-set mask.
-``GENERATOR_VERSION``
-    Changes whenever the same arguments would give different data (for cache keys).
+Model: an anatomy (``knee_phantom``, ``brain_phantom``) is rendered slice by slice into a real
+magnetisation, multiplied by coil sensitivities (multicoil: loop coils, magnitude
+``(r^2 / (r^2 + d^2))^1.5``, smooth phase; singlecoil: the square root of their
+root-sum-of-squares as a bias) and a smooth image phase (so k-space is not Hermitian),
+transformed with ``fft2c`` and given complex white Gaussian noise. The SNR (mean noise-free
+magnitude over the object in the target crop over the noise's standard deviation per real
+component) is drawn per volume from a range per contrast. Targets are the centre crop of
+``|ifft2c(kspace)|`` of the final noisy k-space (RSS over coils), as in fastMRI. Test masks
+are ``RandomMaskFunc`` masks with the challenge's centre fraction ``0.32 / acceleration``.
 
-Files
------
-Every file has ``kspace`` (complex64; ``(slices, rows, cols)`` singlecoil, ``(slices, coils,
-rows, cols)`` multicoil; DC at the centre, ``fastmri.fft2c`` convention), a scalar
-``ismrmrd_header`` (ISMRMRD XML modelled on the real fastMRI headers) and the attributes
-``acquisition`` and ``patient_id``. Training and validation files add the target
-(``reconstruction_esc`` singlecoil, ``reconstruction_rss`` multicoil: float32 ``(slices,
-size, size)``, the centre crop (fastmri's ``center_crop``) of ``|ifft2c(kspace)|``, RSS over
-coils for multicoil, computed from the final noisy k-space so it is exactly consistent) and
-the attributes ``max`` and ``norm`` (maximum and L2 norm of the volume's target). Test files
-hold the masked k-space, ``mask`` (bool, ``(cols,)``) and the attributes ``acceleration`` and
-``num_low_frequency``; the matching ``_test_gt`` file holds the fully-sampled target with
-``acquisition``, ``acceleration``, ``num_low_frequency``, ``max``, ``norm`` and
-``patient_id``. Masks come from ``fastmri.data.subsample.RandomMaskFunc`` with the fastMRI
-challenge convention (centre fraction 0.32 / acceleration: 4x -> 0.08, 8x -> 0.04), one mask
-per volume, the acceleration drawn from the list given.
-
-Content
--------
-The anatomy (knee and brain, rendered from 3-D models in ``phantoms.py``) is described
-there. Per volume, its size, position, in-plane rotation, proportions, tissue contrasts, coil
-geometry, phase, bias and SNR are drawn at random.
-
-Physics: the magnetisation is multiplied by coil sensitivities (multicoil: loop coils around
-the object, magnitude ``(r^2 / (r^2 + d^2))^1.5`` and smooth phase; singlecoil: a smooth bias,
-the square root of their root-sum-of-squares) and a smooth non-zero image phase (so k-space
-is not Hermitian), transformed with ``fft2c`` and given complex white Gaussian noise. The
-SNR, defined as the mean noise-free (coil-combined) magnitude over the object in the target
-crop divided by the standard deviation of the real (or imaginary) part of the noise, is drawn
-per volume: 22-35 for CORPD_FBK, 8-13 for CORPDFS_FBK, 28-45 for AXT1. Intensities sit on the
-scale of real fastMRI data (knee singlecoil targets ~1e-5 to 5e-4). At full size, zero-filled
-singlecoil reconstructions (RandomMaskFunc, per-volume PSNR and SSIM as fastmri.evaluate
-computes them) score about 28 dB / 0.73 (PD knee), 31 dB / 0.78 (PD-FS knee) and 29 dB / 0.74
-(brain) at 4x, and 24 dB / 0.63, 28 dB / 0.72 and 26 dB / 0.69 at 8x.
-
-Each volume has its own random stream derived from ``(seed, split, index)``, so asking for
+Each volume has its own random streams derived from ``(seed, split, index)``, so asking for
 more volumes never changes the earlier ones.
 """
 
@@ -77,11 +35,15 @@ from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import h5py
 import numpy as np
+from fastmri.data.subsample import RandomMaskFunc
 from tqdm import tqdm
 
 from ..errors import UserError
 from ..files import atomic_output, ensure_writable_dir
-from .phantoms import MODELS, SPECS, AnatomySpec, Frame, Slice, Waves
+from .brain_phantom import Brain
+from .checks import TARGET_KEYS
+from .knee_phantom import Knee
+from .phantoms import SPECS, AnatomySpec, Frame, Slice, Waves
 
 # Bumped whenever the same arguments and seed would give different data (e.g. a changed
 # anatomy model): caches of generated sets can put it in their key.
@@ -90,6 +52,7 @@ GENERATOR_VERSION = 1
 ANATOMIES = ("knee", "brain")
 CHALLENGES = ("singlecoil", "multicoil")
 SPLITS = ("train", "val", "test")
+MODELS = {"knee": Knee, "brain": Brain}
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 # Limits that make-data enforces (before anything is written).
@@ -105,11 +68,28 @@ DEFAULT_ACCELERATIONS = (4, 8)
 
 SeedLike = Union[int, Sequence[int], np.random.SeedSequence]
 
-
-# SNR ranges (mean foreground magnitude / noise std of the real part), per acquisition.
+# SNR ranges (mean foreground magnitude / noise std of the real part), per acquisition:
+# fat suppression costs signal.
 _SNR_RANGE = {"CORPD_FBK": (22.0, 35.0), "CORPDFS_FBK": (8.0, 13.0), "AXT1": (28.0, 45.0)}
-# Typical magnitude of a bright tissue (fat in PD, white matter in T1) in the targets.
+# Typical magnitude of a bright tissue (fat in PD, white matter in T1): the scale of the
+# targets of real fastMRI data.
 _SIGNAL_SCALE = 2.2e-4
+# Coil arrays are modelled with at least this many loops; fewer coils are a subset of them.
+_MIN_ARRAY = 8
+
+# The ISMRMRD header holds only what fastmri's SliceDataset reads: the k-space and target
+# matrix sizes and the acquired phase-encoding lines (it derives the zero padding from them).
+_HEADER = """<?xml version="1.0" encoding="utf-8"?>
+<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
+  <encoding>
+    <encodedSpace><matrixSize><x>{rows}</x><y>{cols}</y><z>1</z></matrixSize></encodedSpace>
+    <reconSpace><matrixSize><x>{size}</x><y>{size}</y><z>1</z></matrixSize></reconSpace>
+    <encodingLimits><kspace_encoding_step_1>
+      <maximum>{maximum}</maximum><center>{center}</center>
+    </kspace_encoding_step_1></encodingLimits>
+  </encoding>
+</ismrmrdHeader>
+"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,8 +126,6 @@ def sample_mask(num_cols: int, acceleration: int, seed: int) -> Tuple[np.ndarray
     Returns ``(mask, num_low_frequencies)`` with ``mask`` a bool array of shape
     ``(num_cols,)``. Deterministic for a given ``seed``.
     """
-    from fastmri.data.subsample import RandomMaskFunc
-
     mask_func = RandomMaskFunc([center_fraction(acceleration)], [acceleration])
     mask, num_low = mask_func((1, num_cols, 1), seed=seed)
     return mask.numpy().reshape(num_cols) > 0, int(num_low)
@@ -179,87 +157,22 @@ def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
     return x[..., r0:r0 + size, c0:c0 + size]
 
 
-def _header(spec: AnatomySpec, acquisition: str, size: int, rows: int, cols: int,
-            num_slices: int, num_coils: int, padding: Tuple[int, int],
-            rng: np.random.Generator) -> bytes:
-    """ISMRMRD XML header modelled on the real fastMRI ones."""
-    field_t = float(rng.choice([1.494, 2.89362]))
-    fov = spec.fov_mm
-    enc_fov_x = fov * spec.readout_oversampling
-    enc_fov_y = fov * cols / size
-    seq = {
-        "CORPD_FBK": (rng.uniform(2750, 3100), rng.uniform(25, 33), 90.0, "TurboSpinEcho"),
-        "CORPDFS_FBK": (rng.uniform(2850, 3500), rng.uniform(30, 40), 90.0, "TurboSpinEcho"),
-        "AXT1": (rng.uniform(250, 750), rng.uniform(6, 12), 70.0, "SpinEcho"),
-    }[acquisition]
+def _header(size: int, rows: int, cols: int, padding: Tuple[int, int]) -> bytes:
     left, right = padding
-    center = cols // 2 - left
-    n_acq = right - left
-    lim = "<minimum>0</minimum><maximum>0</maximum><center>0</center>"
-    hour, minute, second = int(rng.integers(7, 19)), int(rng.integers(60)), int(rng.integers(60))
-    study_time = f"{hour:02d}:{minute:02d}:{second:02d}"
-    thick = f"{spec.slice_thickness_mm:g}"
-    xml = f"""<?xml version="1.0" encoding="utf-8"?>
-<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD"
-    xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
-    xmlns:xs="http://www.w3.org/2001/XMLSchema"
-    xsi:schemaLocation="http://www.ismrm.org/ISMRMRD ismrmrd.xsd">
-  <studyInformation>
-    <studyTime>{study_time}</studyTime>
-  </studyInformation>
-  <measurementInformation>
-    <measurementID>synthetic_{rng.integers(10**8):08d}</measurementID>
-    <patientPosition>{"FFS" if spec.name == "knee" else "HFS"}</patientPosition>
-    <protocolName>{acquisition} (clgnet-fastmri synthetic)</protocolName>
-  </measurementInformation>
-  <acquisitionSystemInformation>
-    <systemVendor>SIEMENS</systemVendor>
-    <systemModel>{"Skyra" if field_t > 2 else "Aera"}</systemModel>
-    <systemFieldStrength_T>{field_t}</systemFieldStrength_T>
-    <relativeReceiverNoiseBandwidth>0.793</relativeReceiverNoiseBandwidth>
-    <receiverChannels>{num_coils}</receiverChannels>
-    <institutionName>synthetic</institutionName>
-  </acquisitionSystemInformation>
-  <experimentalConditions>
-    <H1resonanceFrequency_Hz>{int(round(42.577478e6 * field_t))}</H1resonanceFrequency_Hz>
-  </experimentalConditions>
-  <encoding>
-    <encodedSpace>
-      <matrixSize><x>{rows}</x><y>{cols}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>{enc_fov_x:g}</x><y>{enc_fov_y:.4f}</y><z>{thick}</z></fieldOfView_mm>
-    </encodedSpace>
-    <reconSpace>
-      <matrixSize><x>{size}</x><y>{size}</y><z>1</z></matrixSize>
-      <fieldOfView_mm><x>{fov:g}</x><y>{fov:g}</y><z>{thick}</z></fieldOfView_mm>
-    </reconSpace>
-    <trajectory>cartesian</trajectory>
-    <encodingLimits>
-      <kspace_encoding_step_1>
-        <minimum>0</minimum><maximum>{n_acq - 1}</maximum><center>{center}</center>
-      </kspace_encoding_step_1>
-      <kspace_encoding_step_2>{lim}</kspace_encoding_step_2>
-      <average>{lim}</average>
-      <slice><minimum>0</minimum><maximum>{num_slices - 1}</maximum><center>0</center></slice>
-      <contrast>{lim}</contrast>
-      <phase>{lim}</phase>
-      <repetition>{lim}</repetition>
-      <set>{lim}</set>
-      <segment>{lim}</segment>
-    </encodingLimits>
-    <parallelImaging>
-      <accelerationFactor><kspace_encoding_step_1>1</kspace_encoding_step_1><kspace_encoding_step_2>1</kspace_encoding_step_2></accelerationFactor>
-      <calibrationMode>other</calibrationMode>
-    </parallelImaging>
-  </encoding>
-  <sequenceParameters>
-    <TR>{seq[0]:.1f}</TR>
-    <TE>{seq[1]:.2f}</TE>
-    <flipAngle_deg>{seq[2]:g}</flipAngle_deg>
-    <sequence_type>{seq[3]}</sequence_type>
-  </sequenceParameters>
-</ismrmrdHeader>
-"""
-    return xml.encode("utf-8")
+    return _HEADER.format(rows=rows, cols=cols, size=size, maximum=right - left - 1,
+                          center=cols // 2 - left).encode("utf-8")
+
+
+def _skip_version1_header_draws(rng: np.random.Generator) -> None:
+    """Make, unused, the draws of version 1's descriptive header fields (field strength, TR
+    and TE, study time, measurement ID): the test masks are drawn after them. Drop this with
+    the next ``GENERATOR_VERSION``."""
+    rng.integers(2)
+    rng.uniform(size=6)
+    rng.integers(7, 19)
+    rng.integers(60)
+    rng.integers(60)
+    rng.integers(10**8)
 
 
 @dataclass
@@ -272,10 +185,6 @@ class SyntheticVolume:
         target: float32 ``(slices, size, size)``: centre crop of ``|ifft2c(kspace)|`` (RSS
             over coils for multicoil); what the files store as ``reconstruction_esc/_rss``.
         clean_target: the same computed without noise (same k-space column support).
-        image: complex64 ``(slices, rows, cols)``: the noise-free coil-combined image on the
-            k-space grid (magnetisation x bias x phase; multicoil: x RSS of the maps).
-        sens_maps: complex64 ``(slices, coils, rows, cols)`` (multicoil with
-            ``return_maps=True``), else None.
         header: the ``ismrmrd_header`` XML bytes.
         attrs: the file attributes ``acquisition``, ``max``, ``norm``, ``patient_id``.
         noise_std: standard deviation of the real (and of the imaginary) part of the noise
@@ -289,87 +198,78 @@ class SyntheticVolume:
     acquisition: str
     kspace: np.ndarray
     target: np.ndarray
-    clean_target: Optional[np.ndarray]
-    image: Optional[np.ndarray]
-    sens_maps: Optional[np.ndarray]
+    clean_target: np.ndarray
     header: bytes
     attrs: Dict[str, object]
     noise_std: float
     snr: float
     padding: Tuple[int, int]
 
-    @property
-    def recons_key(self) -> str:
-        return "reconstruction_esc" if self.challenge == "singlecoil" else "reconstruction_rss"
-
 
 class _Synth:
     """Builds one volume slice by slice (so a dataset never holds a whole volume's k-space).
 
     Random streams (all derived from ``seed``): anatomy, textures, noise, and ``misc``
-    (acquisition, coils, phase, header, mask); each is used in a fixed order.
+    (acquisition, coils, phase, test mask); each is used in a fixed order.
     """
 
     def __init__(self, anatomy: str, challenge: str, size: Optional[int], num_slices: int,
-                 num_coils: Optional[int], seed: SeedLike, acquisition: Optional[str] = None,
-                 snr: Optional[float] = None):
+                 num_coils: Optional[int], seed: SeedLike, acquisition: Optional[str] = None):
         spec = _spec(anatomy)
-        self.spec = spec
-        self.anatomy = anatomy
         self.challenge = challenge
-        self.size = spec.full_size if size is None else int(size)
-        self.num_slices = spec.default_slices if num_slices is None else int(num_slices)
-        if challenge == "singlecoil":
-            self.num_coils = 1
-        else:
-            self.num_coils = spec.default_coils if num_coils is None else int(num_coils)
-        self.rows, self.cols = kspace_shape(anatomy, self.size)
-        coils = () if challenge == "singlecoil" else (self.num_coils,)
-        self.kspace_shape = (self.num_slices, *coils, self.rows, self.cols)
+        self.kspace_shape, (self.num_slices, self.size, _) = _volume_shapes(
+            anatomy, challenge, size, num_slices, num_coils)
+        self.rows, self.cols = self.kspace_shape[-2:]
+        self.num_coils = 1 if challenge == "singlecoil" else self.kspace_shape[1]
         self.padding = acquired_columns(anatomy, self.cols)
         ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
-        r_anat, r_tex, r_noise, r_misc = (np.random.default_rng(s) for s in ss.spawn(4))
-        self.rng_noise, self.rng_misc = r_noise, r_misc
+        r_anatomy, r_texture, self.rng_noise, self.rng_misc = (
+            np.random.default_rng(s) for s in ss.spawn(4))
+        r_misc = self.rng_misc
         if acquisition is None:
             acquisition = str(r_misc.choice(spec.acquisitions))
         self.acquisition = acquisition
-        self.target_snr = float(r_misc.uniform(*_SNR_RANGE[acquisition])) if snr is None \
-            else float(snr)
+        self.snr = float(r_misc.uniform(*_SNR_RANGE[acquisition]))
         self.amplitude = _SIGNAL_SCALE * float(np.exp(r_misc.uniform(-0.4, 0.4)))
         self.patient_id = r_misc.bytes(16).hex()
-        model = MODELS[anatomy](r_anat, acquisition)
-        self.model = model
+        self.model = model = MODELS[anatomy](r_anatomy, acquisition)
         pixel = spec.fov_mm / self.size
         # Coarse grids never finer than the pixels (tiny test-sized sets stay fast).
         self.frame = Frame(self.rows, self.cols, pixel, model.scale, model.angle, model.shift,
-                            max(model.texture_spacing, pixel), max(model.map_spacing, pixel))
+                           max(model.texture_spacing, pixel), max(model.map_spacing, pixel))
         self.depths = _slice_depths(model, self.num_slices)
-        self.coils = model.coil_centres(max(self.num_coils, 8), r_misc)
-        if self.num_coils < 8:  # keep the geometry of a full array, use a subset
-            self.coils = self.coils[r_misc.permutation(len(self.coils))[: self.num_coils]]
-        self.coil_phase = r_misc.uniform(0, 2 * np.pi, len(self.coils))
-        g = r_misc.standard_normal((len(self.coils), 3))
-        self.coil_grad = g / np.linalg.norm(g, axis=1, keepdims=True)
-        self.sens_norm = 1.0
-        cu, cv, cw = model.centre_point()  # RSS of the sensitivities is 1 there
-        self.sens_norm = float(np.sqrt((np.abs(self._sens(
-            np.array([[cu]]), np.array([[cv]]), cw)) ** 2).sum()))
-        self.phase_lin = r_misc.uniform(-1.0, 1.0, 3)
+        self._draw_coils(r_misc)
+        self.phase_coefficients = r_misc.uniform(-1.0, 1.0, 3)
         self.phase_field = Waves(r_misc, 150.0, n=12)
-        self.header = _header(spec, acquisition, self.size, self.rows, self.cols,
-                              self.num_slices, self.num_coils, self.padding, r_misc)
+        _skip_version1_header_draws(r_misc)
+        self.header = _header(self.size, self.rows, self.cols, self.padding)
         # Pass 1: the noise-free magnetisation of every slice (float32; modest) and the
         # noise level that gives the drawn SNR.
         self.magnetisation = np.stack([
-            model.render(Slice(self.frame, w, r_tex)) for w in self.depths])
+            model.render(Slice(self.frame, w, r_texture)) for w in self.depths])
+        self.noise_std = self._noise_std()
+
+    def _draw_coils(self, rng: np.random.Generator) -> None:
+        """Loop positions, phases and phase gradients; sensitivities RSS to 1 at the centre."""
+        self.coils = self.model.coil_centres(max(self.num_coils, _MIN_ARRAY), rng)
+        if self.num_coils < _MIN_ARRAY:
+            self.coils = self.coils[rng.permutation(len(self.coils))[: self.num_coils]]
+        self.coil_phase = rng.uniform(0, 2 * np.pi, len(self.coils))
+        g = rng.standard_normal((len(self.coils), 3))
+        self.coil_grad = g / np.linalg.norm(g, axis=1, keepdims=True)
+        self.sens_norm = 1.0
+        cu, cv, cw = self.model.centre_point()
+        self.sens_norm = float(np.sqrt((np.abs(self._sens(
+            np.array([[cu]]), np.array([[cv]]), cw)) ** 2).sum()))
+
+    def _noise_std(self) -> float:
         fg = np.stack([_center_crop(self.magnetisation[k] * np.abs(
             self.frame.maps.up(self._fields(k)[1])), self.size) for k in range(self.num_slices)])
         peak = np.percentile(fg, 99.5)
-        sel = fg > 0.1 * peak if peak > 0 else np.ones(fg.shape, bool)
-        self.noise_std = float(self.amplitude * fg[sel].mean() / self.target_snr) if peak > 0 \
-            else float(self.amplitude * 0.02)
+        if peak <= 0:  # an empty volume
+            return float(self.amplitude * 0.02)
+        return float(self.amplitude * fg[fg > 0.1 * peak].mean() / self.snr)
 
-    # -- coil sensitivities and phase (coarse grids, upsampled) -------------------------------
     def _sens(self, u, v, w: float) -> np.ndarray:
         """Complex sensitivities ``(coils, ...)`` of the loop coils at points ``(u, v, w)``."""
         rho = self.model.loop_radius
@@ -391,7 +291,7 @@ class _Synth:
         """
         uc, vc = self.frame.maps_uv
         w = self.depths[k]
-        lin = self.phase_lin
+        lin = self.phase_coefficients
         phase = np.exp(1j * (lin[0] * uc / 60.0 + lin[1] * vc / 60.0
                              + lin[2] * (uc * uc + vc * vc) / 8000.0
                              + 0.6 * self.phase_field(uc, vc, w)))
@@ -401,32 +301,20 @@ class _Synth:
             rss = np.sqrt(rss)
         return (sens * phase).astype(np.complex64), (rss * phase).astype(np.complex64)
 
-    def coil_images(self, k: int, combined: bool = False):
-        """Noise-free complex images of slice ``k``: ``(images, maps, combined)``.
-
-        Singlecoil: ``images`` is the one image (and ``combined``), ``maps`` is None.
-        Multicoil: ``images`` and ``maps`` are ``(coils, rows, cols)``; ``combined`` (only
-        when asked for) is the magnetisation x RSS of the maps x object phase.
-        """
-        maps_c, comb_c = self._fields(k)
-        m = self.magnetisation[k] * self.amplitude
-        if self.challenge == "singlecoil":
-            img = m * self.frame.maps.up(comb_c)
-            return img, None, img
-        maps = self.frame.maps.up(maps_c)
-        comb = m * self.frame.maps.up(comb_c) if combined else None
-        return m[None] * maps, maps, comb
-
     def slices(self, clean: bool = False) -> Iterator[Dict[str, np.ndarray]]:
         """Per slice: ``kspace`` (noisy, zero outside the acquired columns), ``target`` and,
-        with ``clean``, ``clean_target``, ``image`` (combined) and ``maps``."""
+        with ``clean``, ``clean_target``."""
         left, right = self.padding
-        sigma = self.noise_std
         for k in range(self.num_slices):
-            img, maps, comb = self.coil_images(k, combined=clean)
+            maps, combined = self._fields(k)
+            m = self.magnetisation[k] * self.amplitude
+            if self.challenge == "singlecoil":
+                img = m * self.frame.maps.up(combined)
+            else:
+                img = m[None] * self.frame.maps.up(maps)
             ks = _fft2c(img.astype(np.complex64))
             noise = self.rng_noise.standard_normal((2,) + ks.shape, dtype=np.float32)
-            ks_noisy = ks + sigma * (noise[0] + 1j * noise[1])
+            ks_noisy = ks + self.noise_std * (noise[0] + 1j * noise[1])
             ks_noisy[..., :left] = 0
             ks_noisy[..., right:] = 0
             ks_noisy = ks_noisy.astype(np.complex64)
@@ -435,9 +323,6 @@ class _Synth:
                 ks[..., :left] = 0
                 ks[..., right:] = 0
                 out["clean_target"] = self._target(ks)
-                out["image"] = comb.astype(np.complex64)
-                if maps is not None:
-                    out["maps"] = maps.astype(np.complex64)
             yield out
 
     def _target(self, ks: np.ndarray) -> np.ndarray:
@@ -447,24 +332,34 @@ class _Synth:
         return np.ascontiguousarray(_center_crop(mag, self.size), dtype=np.float32)
 
 
+def _volume_shapes(anatomy: str, challenge: str, size: Optional[int],
+                   num_slices: Optional[int], num_coils: Optional[int]):
+    """``(kspace_shape, target_shape)`` of one volume, the defaults filled in."""
+    spec = _spec(anatomy)
+    size = spec.full_size if size is None else int(size)
+    num_slices = spec.default_slices if num_slices is None else int(num_slices)
+    rows, cols = kspace_shape(anatomy, size)
+    if challenge == "singlecoil":
+        return (num_slices, rows, cols), (num_slices, size, size)
+    coils = spec.default_coils if num_coils is None else int(num_coils)
+    return (num_slices, coils, rows, cols), (num_slices, size, size)
+
+
 def _slice_depths(model, num_slices: int) -> List[float]:
-    """Anatomical depths of the slices: like a real volume, they span the whole object
-    (knee: front to back; brain: basal ganglia to vertex), so ``num_slices`` sets the
-    spacing (35 knee slices: about 3 mm, as in fastMRI)."""
+    """Anatomical depths of the slices: like a real volume, they span the whole object, so
+    ``num_slices`` sets their spacing."""
     lo, hi = model.depth_range()
     if num_slices == 1:
-        return [min(max(model.w_centre, lo), hi)]
+        return [min(max(model.middle_depth, lo), hi)]
     return [float(w) for w in np.linspace(lo, hi, num_slices)]
 
 
 def _check_volume_args(anatomy, challenge, size, num_slices, num_coils,
-                       acquisition: Optional[str] = None, snr: Optional[float] = None) -> None:
+                       acquisition: Optional[str] = None) -> None:
     spec = _spec(anatomy)
     if acquisition is not None and acquisition not in spec.acquisitions:
         raise UserError(f"acquisition {acquisition!r} is not a {anatomy} acquisition "
                         f"({', '.join(spec.acquisitions)})")
-    if snr is not None and not (isinstance(snr, (int, float)) and 0 < snr < 1e6):
-        raise UserError(f"snr must be a positive number, not {snr!r}")
     if challenge not in CHALLENGES:
         raise UserError(f"unknown challenge {challenge!r}; choose singlecoil or multicoil")
     if size is not None:
@@ -491,45 +386,35 @@ def _check_int(name: str, value, low: int, high: int) -> int:
 def make_volume(anatomy: str = "knee", *, challenge: str = "singlecoil",
                 size: Optional[int] = None, num_slices: Optional[int] = None,
                 num_coils: Optional[int] = None, seed: SeedLike = 0,
-                acquisition: Optional[str] = None, snr: Optional[float] = None,
-                return_maps: bool = False) -> SyntheticVolume:
+                acquisition: Optional[str] = None) -> SyntheticVolume:
     """Build one synthetic volume in memory (no files).
 
     Args:
         anatomy: "knee" (coronal PD / PD-FS, fastMRI knee geometry) or "brain" (axial T1,
             CC-359 geometry).
         challenge: "singlecoil" or "multicoil".
-        size: target side in pixels (even, 16..1024); default full size (knee 320, brain
-            256). The k-space grid scales with it (see ``kspace_shape``).
-        num_slices: slices of the volume, spread over the whole object like a real volume;
-            default as in real data (knee 35, brain 16).
-        num_coils: multicoil only; default 15 (knee) or 12 (brain).
+        size: target side in pixels (even); default the anatomy's full size. The k-space
+            grid scales with it (see ``kspace_shape``).
+        num_slices: spread over the whole object; default as in the real data.
+        num_coils: multicoil only; default the anatomy's coil array.
         seed: an int, a sequence of ints or a ``numpy.random.SeedSequence``;
             ``volume_seed(seed, split, index)`` reproduces a volume of ``make_dataset``.
-        acquisition: force the contrast ("CORPD_FBK", "CORPDFS_FBK", "AXT1"); default drawn.
-        snr: force the SNR (see the module docstring); default drawn from the realistic range.
-        return_maps: keep the multicoil sensitivity maps (memory: slices x coils x k-space).
+        acquisition: force the contrast (one of the anatomy's); default drawn.
 
     Returns:
-        A ``SyntheticVolume``; ``kspace``, ``target``, ``header`` and ``attrs`` are exactly
-        what ``make_dataset`` writes for a training file.
+        A ``SyntheticVolume``; ``kspace``, ``target``, ``header`` and ``attrs`` are what
+        ``make_dataset`` writes for a training file.
     """
-    _check_volume_args(anatomy, challenge, size, num_slices, num_coils, acquisition, snr)
-    synth = _Synth(anatomy, challenge, size, num_slices, num_coils, seed, acquisition, snr)
-    parts: Dict[str, List[np.ndarray]] = {}
-    for sl in synth.slices(clean=True):
-        for key, value in sl.items():
-            if key == "maps" and not return_maps:
-                continue
-            parts.setdefault(key, []).append(value)
-    stacked = {k: np.stack(v) for k, v in parts.items()}
-    target = stacked["target"]
+    _check_volume_args(anatomy, challenge, size, num_slices, num_coils, acquisition)
+    synth = _Synth(anatomy, challenge, size, num_slices, num_coils, seed, acquisition)
+    slices = list(synth.slices(clean=True))
+    kspace, target, clean_target = (np.stack([sl[key] for sl in slices])
+                                    for key in ("kspace", "target", "clean_target"))
     return SyntheticVolume(
-        anatomy=anatomy, challenge=challenge, acquisition=synth.acquisition,
-        kspace=stacked["kspace"], target=target, clean_target=stacked["clean_target"],
-        image=stacked["image"], sens_maps=stacked.get("maps"), header=synth.header,
-        attrs=_target_attrs(synth, target), noise_std=synth.noise_std,
-        snr=synth.target_snr, padding=synth.padding)
+        anatomy=anatomy, challenge=challenge, acquisition=synth.acquisition, kspace=kspace,
+        target=target, clean_target=clean_target, header=synth.header,
+        attrs=_target_attrs(synth, target), noise_std=synth.noise_std, snr=synth.snr,
+        padding=synth.padding)
 
 
 def _target_attrs(synth: _Synth, target: np.ndarray) -> Dict[str, object]:
@@ -613,6 +498,22 @@ def _check_accelerations(accelerations, cols: int) -> Tuple[int, ...]:
     return tuple(int(a) for a in accs)
 
 
+def _check_output_dir(out: Path, names: List[str], overwrite: bool) -> None:
+    """``out`` is a folder or absent; not empty only with ``overwrite``; ``names`` in it are
+    folders or absent."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another output path")
+    if out.is_dir():
+        present = [p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)]
+        if present and not overwrite:
+            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
+                            f"{', '.join(names)} folders (nothing else is touched)")
+        for name in names:
+            p = out / name
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                raise UserError(f"{p}: exists and is not a folder; move it away first")
+
+
 def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
                  challenge: str = "singlecoil", splits: Optional[Mapping[str, int]] = None,
                  num_slices: Optional[int] = None, size: Optional[int] = None,
@@ -640,32 +541,15 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
     _check_volume_args(anatomy, challenge, size, num_slices, num_coils)
     counts = _check_splits(splits)
     seed = _check_int("seed", seed, 0, 2**63 - 1)
-    spec = _spec(anatomy)
-    size = spec.full_size if size is None else int(size)
-    num_slices = spec.default_slices if num_slices is None else int(num_slices)
-    rows, cols = kspace_shape(anatomy, size)
-    accs = _check_accelerations(accelerations, cols)
-    coils = () if challenge == "singlecoil" else (num_coils or spec.default_coils,)
-    kshape = (num_slices, *coils, rows, cols)
-    tshape = (num_slices, size, size)
+    kshape, tshape = _volume_shapes(anatomy, challenge, size, num_slices, num_coils)
+    accs = _check_accelerations(accelerations, kshape[-1])
     # Per volume: k-space and target (a test volume: masked k-space and its _test_gt target).
     needed = sum(counts.values()) * (int(np.prod(kshape)) * 8 + int(np.prod(tshape)) * 4 + 20_000)
-
-    out = Path(out_dir)
     names = {s: f"{challenge}_{s}" for s in counts}
     if "test" in counts:
         names["test_gt"] = f"{challenge}_test_gt"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another output path")
-    if out.is_dir():
-        present = [p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)]
-        if present and not overwrite:
-            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
-                            f"{', '.join(names.values())} folders (nothing else is touched)")
-        for name in names.values():
-            p = out / name
-            if p.is_symlink() or (p.exists() and not p.is_dir()):
-                raise UserError(f"{p}: exists and is not a folder; move it away first")
+    out = Path(out_dir)
+    _check_output_dir(out, list(names.values()), overwrite)
     created = not out.exists()
     out = ensure_writable_dir(out)
     started = time.perf_counter()
@@ -679,8 +563,9 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
             staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, suffix=".partial", dir=out))
         except OSError as exc:
             raise UserError(f"{out}: cannot write there ({exc.strerror})") from None
-        files, acq_counts = _write_splits(staging, names, counts, anatomy, challenge, size,
-                                          num_slices, num_coils, accs, seed, progress)
+        files, acq_counts = _write_splits(staging, names, counts, anatomy, challenge,
+                                          tshape[-1], tshape[0], num_coils, accs, seed,
+                                          progress)
         _swap_into_place(staging, out, list(names.values()))
     except BaseException:
         if staging is not None:
@@ -696,7 +581,7 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
     files = {key: [folders[key] / p.name for p in paths] for key, paths in files.items()}
     written = sum(p.stat().st_size for paths in files.values() for p in paths)
     return DatasetSummary(root=out, anatomy=anatomy, challenge=challenge, seed=seed,
-                          folders=folders, files=files, num_slices=num_slices,
+                          folders=folders, files=files, num_slices=tshape[0],
                           kspace_shape=kshape, target_shape=tshape, accelerations=accs,
                           bytes_written=written, seconds=time.perf_counter() - started,
                           acquisitions=acq_counts)
@@ -709,7 +594,7 @@ def _write_splits(staging: Path, names: Dict[str, str], counts: Dict[str, int], 
         (staging / name).mkdir()
     files: Dict[str, List[Path]] = {key: [] for key in names}
     acq_counts: Dict[str, int] = {}
-    key = "reconstruction_esc" if challenge == "singlecoil" else "reconstruction_rss"
+    key = TARGET_KEYS[challenge]
     total = sum(counts.values())
     with tqdm(total=total, disable=not progress, unit="vol", desc="make-data",
               dynamic_ncols=True) as bar:
