@@ -5,12 +5,15 @@ Method: Defazio, Murrell, Recht, "MRI Banding Removal via Adversarial Training",
 undersampling (``augment``); an adversary (``adversary``) learns to tell from a reoriented
 reconstruction which ones, which it can only do from the direction of phase-encoding
 artefacts; the reconstruction network is trained to leave it at chance (``module``).
-``metric`` measures banding without an adversary, for evaluation.
+``clgnet_fastmri.metrics.banding_score`` (re-exported here) measures banding without an
+adversary, for evaluation. ``extension`` plugs the method into ``clgnet-fastmri train
+--banding`` (declared as a ``clgnet_fastmri.extensions`` entry point).
 """
+
+from clgnet_fastmri.metrics import banding_score, directional_energy, wedge_masks
 
 from .adversary import OrientationAdversary
 from .augment import OrientedSample, RandomTranspose, reorient
-from .metric import banding_score, directional_energy, wedge_masks
 from .module import (
     BandingCLGNetModule,
     BandingUnetModule,

@@ -6,17 +6,18 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torch import nn
 
 from .errors import UserError
 from .files import atomic_output
 from .models import CLGNet
+from .pl_modules.clgnet_module import CLGNetModule
+from .settings import check_hparams, signature_settings
 
-# The CLGNetModule hyperparameters that define the network (CLGNet's constructor arguments).
-MODEL_HPARAMS = ("chans", "num_sfrir", "num_sfrb", "wavelet", "global_module")
 MODEL_PREFIX = "clgnet."
 
 
@@ -31,14 +32,14 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
         raise UserError(f"{path}: checkpoint not found; check the path")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # torch raises UnpicklingError both for content weights_only refuses (a class or
-        # function to import) and for bytes that are no pickle at all; only the message differs.
-        if "Unsupported global" in str(exc):
+    except pickle.UnpicklingError:
+        # Raised both for content weights_only refuses and for bytes that are no pickle; the
+        # file's own list of imports (read without running them) tells which.
+        unsafe = _unsafe_globals(path)
+        if unsafe:
             raise UserError(
-                f"{path}: refused to load: the checkpoint holds objects other than tensors "
-                "and plain values, which could run code; use a checkpoint written by "
-                "clgnet-fastmri train"
+                f"{path}: refused to load: the checkpoint imports {', '.join(unsafe[:3])}, "
+                "which could run code; use a checkpoint written by clgnet-fastmri train"
             ) from None
         raise _unreadable(path) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError):
@@ -48,6 +49,15 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return checkpoint
 
 
+def _unsafe_globals(path: Path) -> List[str]:
+    """The classes and functions a checkpoint's pickle imports beyond torch's allowlist."""
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile):  # not a torch.save file at all: nothing unsafe to name
+        return []
+
+
 def _unreadable(path: Path) -> UserError:
     return UserError(
         f"{path}: not a readable PyTorch checkpoint (truncated or another format); "
@@ -55,27 +65,72 @@ def _unreadable(path: Path) -> UserError:
     )
 
 
-def load_clgnet(path: Union[str, os.PathLike]) -> CLGNet:
-    """The CLGNet of a ``CLGNetModule`` checkpoint (or of any module that stores the network
-    under ``clgnet.`` with CLGNet's hyperparameters), in eval mode on the CPU."""
-    checkpoint = read_checkpoint(path)
+def describe(hparams: Mapping[str, Any], state: Mapping[str, Any] = {}) -> str:
+    """``CLGNet(chans=32, ...)`` from a module's hyperparameters, ``+ part`` for each other
+    top-level part of its weights (e.g. a training extension's)."""
+    args = ", ".join(f"{name}={hparams.get(name)!r}" for name in CLGNetModule.NETWORK_HPARAMS)
+    parts = sorted({key.split(".")[0] for key in state} - {MODEL_PREFIX.rstrip(".")})
+    return f"CLGNet({args})" + "".join(f" + {part}" for part in parts)
+
+
+def checked_hparams(path: Union[str, os.PathLike], checkpoint: Mapping[str, Any]
+                    ) -> Dict[str, Any]:
+    """``CLGNetModule``'s arguments stored in a checkpoint, each checked against
+    ``CLGNetModule.RULES`` (types, ranges, size caps) before anything is built from them."""
     hparams = checkpoint.get("hyper_parameters", {})
-    state = {
-        key[len(MODEL_PREFIX):]: value
-        for key, value in checkpoint.get("state_dict", {}).items()
-        if key.startswith(MODEL_PREFIX)
-    }
-    if not state or not all(name in hparams for name in MODEL_HPARAMS):
+    state = checkpoint.get("state_dict", {})
+    if not isinstance(hparams, Mapping) or not isinstance(state, Mapping) or \
+            not any(key.startswith(MODEL_PREFIX) for key in state) or \
+            not all(name in hparams for name in CLGNetModule.NETWORK_HPARAMS):
         raise UserError(
             f"{path}: not a CLGNet checkpoint (no CLGNet weights or hyperparameters); "
             "use a checkpoint written by clgnet-fastmri train"
         )
-    model = CLGNet(**{name: hparams[name] for name in MODEL_HPARAMS})
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise UserError(f"{path}: the weights do not fit the network they describe: {exc}") from None
-    return model.eval()
+    return check_hparams(hparams, signature_settings(CLGNetModule), CLGNetModule.RULES, path)
+
+
+def check_fits(path: Union[str, os.PathLike], module: nn.Module, state: Mapping[str, Any],
+               trained_as: str, asked: str) -> None:
+    """Raise one line naming the checkpoint, what it was trained as and what was asked
+    unless ``state`` has exactly ``module``'s tensors and shapes (never one line per tensor)."""
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and
+             (not isinstance(state[k], torch.Tensor) or state[k].shape != expected[k].shape)]
+    if missing or unexpected or wrong:
+        first = (wrong or missing or unexpected)[0]
+        raise UserError(
+            f"{path}: the weights do not fit: trained as {trained_as}, asked for {asked} "
+            f"({len(wrong)} tensors of another shape, {len(missing)} missing, "
+            f"{len(unexpected)} unexpected, e.g. {first}); give the options it was trained "
+            "with, or another checkpoint"
+        )
+
+
+def load_module(path: Union[str, os.PathLike]) -> CLGNetModule:
+    """The ``CLGNetModule`` of a checkpoint, for validation, testing or prediction: its checked
+    hyperparameters and network weights (other parts, e.g. a training extension's, are not
+    needed there and are left out)."""
+    checkpoint = read_checkpoint(path)
+    hparams = checked_hparams(path, checkpoint)
+    module = CLGNetModule(**hparams)
+    state = {
+        key[len(MODEL_PREFIX):]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(MODEL_PREFIX)
+    }
+    described = describe(hparams)
+    check_fits(path, module.clgnet, state, trained_as=f"weights that are not {described}",
+               asked=f"the {described} its hyperparameters describe")
+    module.clgnet.load_state_dict(state)
+    return module
+
+
+def load_clgnet(path: Union[str, os.PathLike]) -> CLGNet:
+    """The CLGNet of a ``CLGNetModule`` checkpoint (or of any module that stores the network
+    under ``clgnet.`` with CLGNet's hyperparameters), in eval mode on the CPU."""
+    return load_module(path).clgnet.eval()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import Optional, Sequence
+from typing import Dict, NoReturn, Optional, Sequence
 
 from .errors import UserError, user_message
 
@@ -40,8 +40,27 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line: ``clgnet-fastmri CMD: error: ...`` (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
+    """``dest -> option string`` of a parser and its subcommands' parsers."""
+    flags: Dict[str, str] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                flags.update(_flags(sub))
+        elif action.option_strings:
+            flags[action.dest] = max(action.option_strings, key=len)
+    return flags
+
+
 def _top_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clgnet-fastmri",
         description="CLGNet for fastMRI: data, training, submission export and scoring.",
     )
@@ -69,7 +88,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name, rest = argv[0], argv[1:]
     module_name, help_text = COMMANDS[name]
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(
+    settings = importlib.import_module("clgnet_fastmri.settings")
+    parser = _Parser(
         prog=f"clgnet-fastmri {name}",
         description=help_text,
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -77,6 +97,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
+        # Every command's values are checked here, before any of them is used.
+        settings.validate(args, _flags(parser))
         return int(module.run(args) or 0)
     except UserError as exc:
         print(f"clgnet-fastmri {name}: error: {user_message(exc)}", file=sys.stderr)

@@ -29,6 +29,7 @@ from runstats import Statistics
 from .data.checks import TARGET_KEYS, check_challenge, list_volumes, open_h5, require_dataset
 from .errors import DataError, UserError
 from .files import atomic_output
+from .metrics import banding_score
 
 ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK", "AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR")
 
@@ -195,9 +196,6 @@ def score_folder(
     acquisition: Optional[str] = None,
 ) -> EvaluationResult:
     """``evaluate_folder`` plus the BANDING column: what ``evaluate`` and the demo report."""
-    # banding imports clgnet_fastmri, not the reverse: it is reached only when scoring.
-    from banding.metric import banding_score
-
     return evaluate_folder(target_path, predictions_path, challenge, acceleration, acquisition,
                            extra_metrics={"BANDING": banding_score})
 

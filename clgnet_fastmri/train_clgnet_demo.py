@@ -31,16 +31,17 @@ from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
 from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
-from .checkpoints import AtomicCheckpointIO, read_checkpoint
+from .checkpoints import AtomicCheckpointIO, check_fits, describe, load_module, read_checkpoint
 from .errors import UserError
 from .files import atomic_output, ensure_writable_dir, remove_partials
 from .evaluate import format_table, score_folder, write_json
+from .extensions import enabled_extension, extensions
 from .figures import collect_slices, save_figure
 from .predict import reconstruct, write_volume
 from .losses import imagenet_weights_available, imagenet_weights_path
-from .models import GLOBAL_MODULES
-from .pl_modules.clgnet_module import LR_SCHEDULES, CLGNetModule
+from .pl_modules.clgnet_module import CLGNetModule
 from .pl_modules.data_module import CLGNetDataModule
+from .settings import ACCELERATORS, MASK_TYPES, MAX_ACCELERATION, PRECISIONS, signature_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--test_path", type=Path, default=None,
                       help="test folder, overriding <data_path>/<challenge>_<test_split>")
     data.add_argument("--test_split", choices=("val", "test", "challenge"), default="test")
-    data.add_argument("--mask_type", choices=("random", "equispaced", "equispaced_fraction",
-                                              "magic", "magic_fraction"), default="random")
-    data.add_argument("--center_fractions", nargs="+", type=float, default=[0.08])
-    data.add_argument("--accelerations", nargs="+", type=int, default=[4])
+    data.add_argument("--mask_type", choices=MASK_TYPES, default="random")
+    data.add_argument("--center_fractions", nargs="+", type=float, default=[0.08],
+                      help="fraction of low-frequency lines always kept, in (0, 1); one per "
+                      "acceleration")
+    data.add_argument("--accelerations", nargs="+", type=int, default=[4],
+                      help=f"undersampling factors, 2 to {MAX_ACCELERATION}")
     data.add_argument("--crop_size", nargs=2, type=int, default=None, metavar=("H", "W"),
                       help="random training crops (validation and test use whole images)")
     data.add_argument("--sample_rate", type=float, default=None)
@@ -87,53 +90,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--skip_bad_files", action="store_true",
                       help="skip (and log) unreadable or non-finite files instead of stopping")
 
-    model = parser.add_argument_group("model")
-    model.add_argument("--chans", type=int, default=32)
-    model.add_argument("--num_sfrir", type=int, default=4)
-    model.add_argument("--num_sfrb", type=int, default=3)
-    model.add_argument("--wavelet", default="haar",
-                       help="any orthogonal PyWavelets wavelet, or 'none' for the "
-                       "'w/o wavelet' ablation")
-    model.add_argument("--global_module", choices=GLOBAL_MODULES, default="fourier",
-                       help="'none' is the 'w/o SFL' ablation (local convolutions only); "
-                       "'self_attention' and 'swin' are the paper's CLGNet_SA and CLGNet_Tran")
-
-    loss = parser.add_argument_group("loss")
-    loss.add_argument("--alpha", type=float, default=0.05,
-                      help="weight of the contrastive loss; 0 = L1 only (skips VGG19)")
-    loss.add_argument("--k_negatives", type=int, default=6)
-    loss.add_argument("--no_negatives", action="store_true", help="'w/o negative' ablation")
-    loss.add_argument("--cl_reduction", choices=("batch", "per_sample"), default="batch")
-    loss.add_argument(
-        "--vgg_weights", default="auto",
-        help="'imagenet' (torchvision's weights; error if absent), 'random', a path to a "
-        "VGG19 state dict, or 'auto': ImageNet weights when available locally or by "
-        "download, otherwise random with a warning",
-    )
-
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--lr", type=float, default=1e-3,
-                       help="Adam's peak learning rate, decayed by --lr_schedule (the paper's "
-                       "1e-4 learns far slower at equal time; see README)")
-    optim.add_argument("--weight_decay", type=float, default=0.0)
-    optim.add_argument("--lr_schedule", choices=LR_SCHEDULES, default="cosine")
-    optim.add_argument("--lr_step_size", type=int, default=40)
-    optim.add_argument("--lr_gamma", type=float, default=0.1)
+    CLGNetModule.add_model_specific_args(parser)
 
     trainer = parser.add_argument_group("trainer")
-    trainer.add_argument("--accelerator", default="auto")
+    trainer.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
     trainer.add_argument("--devices", type=_devices, default="auto",
                          help="a count, a comma-separated list of indices, or auto")
     trainer.add_argument("--strategy", default="auto",
                          help="e.g. ddp for several GPUs (volumes are dispatched whole for "
                          "validation)")
     trainer.add_argument("--num_nodes", type=int, default=1)
-    trainer.add_argument("--precision", default="32-true",
-                         help="e.g. bf16-mixed on recent GPUs")
+    trainer.add_argument("--precision", choices=PRECISIONS, default="32-true",
+                         metavar="PRECISION",
+                         help="Lightning's precision, e.g. bf16-mixed on recent GPUs")
     trainer.add_argument("--max_epochs", type=int, default=None,
                          help=f"default {DATA_DEFAULTS['max_epochs']} "
                          f"(demo {DEMO_DEFAULTS['max_epochs']})")
-    trainer.add_argument("--max_steps", type=int, default=-1)
+    trainer.add_argument("--max_steps", type=int, default=-1, help="-1: no limit")
     trainer.add_argument("--limit_train_batches", type=float, default=None)
     trainer.add_argument("--limit_val_batches", type=float, default=None)
     trainer.add_argument("--check_val_every_n_epoch", type=int, default=1)
@@ -144,7 +117,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trainer.add_argument("--default_root_dir", type=Path, default=Path("clgnet_runs/demo"))
     trainer.add_argument("--logger", choices=("tensorboard", "csv"), default=None,
                          help="default: tensorboard if installed, else csv")
-    trainer.add_argument("--num_log_images", type=int, default=16)
     trainer.add_argument("--log_every_n_steps", type=int, default=10)
     trainer.add_argument("--no_progress_bar", action="store_true")
     trainer.add_argument(
@@ -154,10 +126,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trainer.add_argument("--checkpoint", type=Path, default=None,
                          help="model for --mode test (default: the best checkpoint)")
 
-    # banding imports clgnet_fastmri, not the reverse: only the training command reaches it.
-    from banding.module import add_banding_arguments
+    for extension in extensions():
+        extension.add_arguments(parser)
 
-    add_banding_arguments(parser)
+
+def default_args() -> argparse.Namespace:
+    """The options of ``clgnet-fastmri train`` at their defaults."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return argparse.Namespace(**{a.dest: a.default for a in parser._actions if a.dest != "help"})
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,8 +155,10 @@ def run(args: argparse.Namespace) -> int:
     if args.mode == "train":
         remove_partials(checkpoints)  # a run killed while saving leaves its temporary file
         model = build_module(args)
-        trainer.fit(model, datamodule=data_module, ckpt_path=resume_path(args, checkpoints),
-                    weights_only=True)
+        resume = resume_path(args, checkpoints)
+        if resume is not None:
+            check_resume(resume, model)
+        trainer.fit(model, datamodule=data_module, ckpt_path=resume, weights_only=True)
         if not demo:
             return 0
         # A run cut short by --max_steps before its first validation has no best checkpoint.
@@ -220,9 +199,8 @@ def build_data_module(args: argparse.Namespace) -> CLGNetDataModule:
     # A seeded mask stream makes a run reproducible with num_workers=0 too (workers reseed).
     mask.rng.seed(args.seed)
     crop = tuple(args.crop_size) if args.crop_size else None
-    train_transform = CLGNetDataTransform
-    if args.banding:
-        from banding.augment import RandomTranspose as train_transform
+    extension = enabled_extension(args)
+    train_transform = extension.train_transform(args) if extension else CLGNetDataTransform
     return CLGNetDataModule(
         data_path=args.data_path,
         challenge=args.challenge,
@@ -243,40 +221,25 @@ def build_data_module(args: argparse.Namespace) -> CLGNetDataModule:
     )
 
 
-def build_module(args: argparse.Namespace) -> CLGNetModule:
-    """``CLGNetModule``, or with ``--banding`` the module that adds the orientation adversary."""
-    if not args.banding:
+def build_module(args: argparse.Namespace) -> pl.LightningModule:
+    """``CLGNetModule``, or the module of the training extension the options enable (e.g.
+    ``--banding``: the orientation adversary beside the network)."""
+    extension = enabled_extension(args)
+    if extension is None:
         return CLGNetModule(**module_kwargs(args))
-    from banding.module import build_module as build_banding_module
-
-    return build_banding_module(args, module_kwargs(args))
+    return extension.build_module(args, module_kwargs(args))
 
 
 def module_kwargs(args: argparse.Namespace) -> dict:
-    return dict(
-        chans=args.chans,
-        num_sfrir=args.num_sfrir,
-        num_sfrb=args.num_sfrb,
-        wavelet=None if args.wavelet.lower() == "none" else args.wavelet,
-        global_module=args.global_module,
-        alpha=args.alpha,
-        k_negatives=args.k_negatives,
-        use_negatives=not args.no_negatives,
-        cl_reduction=args.cl_reduction,
-        vgg_weights=resolve_vgg_weights(args.vgg_weights) if args.alpha > 0 else None,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        lr_schedule=args.lr_schedule,
-        lr_step_size=args.lr_step_size,
-        lr_gamma=args.lr_gamma,
-        num_log_images=args.num_log_images,
-    )
+    """``CLGNetModule``'s arguments from the parsed options (``--vgg_weights auto`` resolved;
+    no VGG19 at all when ``--alpha 0``)."""
+    kwargs = signature_kwargs(CLGNetModule, args)
+    kwargs["vgg_weights"] = resolve_vgg_weights(args.vgg_weights) if args.alpha > 0 else None
+    return kwargs
 
 
-def resolve_vgg_weights(choice: str) -> Optional[str]:
+def resolve_vgg_weights(choice: Optional[str]) -> Optional[str]:
     """Turn ``--vgg_weights`` into ``VGG19Features``' argument ("imagenet", a path or None)."""
-    if choice == "random":
-        return None
     if choice != "auto":
         return choice
     if imagenet_weights_available():
@@ -351,13 +314,25 @@ def build_logger(kind: Optional[str], root: Path) -> Logger:
     return CSVLogger(save_dir=root, name="logs")
 
 
-def resume_path(args: argparse.Namespace, checkpoints: Path) -> Optional[str]:
+def resume_path(args: argparse.Namespace, checkpoints: Path) -> Optional[Path]:
     if args.resume is None:
         return None
     path = checkpoints / "last.ckpt" if args.resume == "last" else Path(args.resume)
     if not path.is_file():
         raise UserError(f"{path}: no checkpoint to resume from; train without --resume first")
-    return str(path)
+    return path
+
+
+def check_resume(path: Path, model: pl.LightningModule) -> None:
+    """The checkpoint holds weights of ``model``'s shapes (else one line saying both)."""
+    checkpoint = read_checkpoint(path)
+    state = checkpoint.get("state_dict", {})
+    hparams = checkpoint.get("hyper_parameters", {})
+    if not isinstance(state, dict) or not isinstance(hparams, dict):
+        raise UserError(f"{path}: not a Lightning checkpoint (no state_dict); resume from a "
+                        "checkpoint written by clgnet-fastmri train")
+    check_fits(path, model, state, trained_as=describe(hparams, state),
+               asked=describe(model.hparams, model.state_dict()))
 
 
 def best_checkpoint(checkpoints: Path) -> Path:
@@ -367,17 +342,6 @@ def best_checkpoint(checkpoints: Path) -> Path:
             f"{checkpoints}: no best-*.ckpt checkpoint; train first or pass --checkpoint"
         )
     return found[-1]
-
-
-def load_module(checkpoint: Path) -> CLGNetModule:
-    # read_checkpoint gives a clear error for a missing, unreadable or unsafe file.
-    state = read_checkpoint(checkpoint).get("state_dict", {})
-    module_class = CLGNetModule
-    if any(key.startswith("adversary.") for key in state):
-        # Written with --banding: the same CLGNetModule, with the orientation adversary beside
-        # the network, so it loads whether or not --banding is given again.
-        from banding.module import BandingCLGNetModule as module_class
-    return module_class.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True)
 
 
 def validate(

@@ -30,7 +30,8 @@ from banding import (
     banding_score,
     reorient,
 )
-from clgnet_fastmri import cli, train_clgnet_demo
+from banding.extension import EXTENSION
+from clgnet_fastmri import cli, extensions, train_clgnet_demo
 from clgnet_fastmri.checkpoints import load_clgnet
 from clgnet_fastmri.data.synthetic import make_volume
 from clgnet_fastmri.data.transforms import CLGNetDataTransform
@@ -40,6 +41,10 @@ from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
 from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
 
 TINY_CLGNET = dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None, k_negatives=2)
+
+# The installed package declares the extension as an entry point (pyproject.toml); register it
+# directly too, so these tests run against a checkout whose install predates the declaration.
+extensions.register(EXTENSION)
 
 
 def _scaled(pattern: np.ndarray, rms: float) -> np.ndarray:

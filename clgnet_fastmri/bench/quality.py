@@ -42,9 +42,10 @@ from ..data.checks import target_folder
 from ..errors import UserError
 from ..evaluate import evaluate_folder
 from ..files import atomic_output, ensure_writable_dir
+from ..models.registry import UNET, UNET_KWARGS, VARIANTS, count_parameters
 from ..pl_modules.bridge import UnetModule
 from ..pl_modules.clgnet_module import CLGNetModule
-from .variants import UNET, UNET_KWARGS, VARIANTS, count_parameters
+from ..settings import MAX_ACCELERATION, Rule, signature_settings
 
 # fastmri's train_unet_demo.py optimiser settings for its U-Net.
 UNET_OPTIM = dict(lr=1e-3, lr_step_size=40, lr_gamma=0.1, weight_decay=0.0)
@@ -64,16 +65,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"models to train, from {', '.join(VARIANTS)}; ':key=value,...' overrides "
         "CLGNetModule arguments (e.g. clgnet:lr=1e-4)",
     )
-    parser.add_argument("--minutes", type=float, default=3.0,
-                        help="training wall-clock budget per model")
-    parser.add_argument("--max-steps", type=int, default=None,
-                        help="train for this many steps instead of --minutes")
+    parser.add_argument("--minutes", type=Rule(low=0, low_open=True).parser(float, "--minutes"),
+                        default=3.0, help="training wall-clock budget per model")
+    parser.add_argument("--max-steps", type=Rule(low=1).parser(int, "--max-steps"),
+                        default=None, help="train for this many steps instead of --minutes")
     parser.add_argument("--data_path", type=Path, default=None,
                         help="fastMRI data root (<challenge>_train, <challenge>_val); "
                         "default: the built-in synthetic knee set")
     parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
-    parser.add_argument("--acceleration", type=int, default=4)
-    parser.add_argument("--center-fraction", type=float, default=0.08)
+    parser.add_argument("--acceleration", type=int, default=4,
+                        help=f"undersampling factor, 2 to {MAX_ACCELERATION}")
+    parser.add_argument("--center-fraction", type=float, default=0.08,
+                        help="fraction of low-frequency lines always kept, in (0, 1)")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--vgg-weights", default="auto",
@@ -88,8 +91,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.max_steps is None and not args.minutes > 0:
-        raise UserError("--minutes must be > 0 (or give --max-steps)")
     specs = [parse_spec(text) for text in args.models]
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -118,27 +119,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def parse_spec(text: str) -> Tuple[str, Dict[str, Any]]:
-    """``"clgnet:lr=1e-3,alpha=0"`` -> ``("clgnet", {"lr": 0.001, "alpha": 0})``."""
+    """``"clgnet:lr=1e-3,alpha=0"`` -> ``("clgnet", {"lr": 0.001, "alpha": 0.0})``: each value
+    typed and checked as the module's own option (``CLGNetModule.RULES``)."""
     name, _, rest = text.partition(":")
     if name not in VARIANTS:
         raise UserError(f"--models {text}: unknown model {name!r}; choose from "
                         f"{', '.join(VARIANTS)}")
+    module_class = _module_class(name)
+    settings = signature_settings(module_class)
+    rules = getattr(module_class, "RULES", {})
     overrides = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
             raise UserError(f"--models {text}: write overrides as key=value")
-        overrides[key] = _value(value)
+        if key not in settings:
+            raise UserError(f"--models {text}: {module_class.__name__} has no setting {key!r}; "
+                            f"choose from {', '.join(settings)}")
+        parse = rules.get(key, Rule()).parser(settings[key][1], key)
+        try:
+            overrides[key] = parse(value)
+        except argparse.ArgumentTypeError as exc:
+            raise UserError(f"--models {text}: {key}: {exc}") from None
     return name, overrides
 
 
-def _value(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return {"None": None, "True": True, "False": False}.get(text, text)
+def _module_class(name: str) -> type:
+    return UnetModule if VARIANTS[name].model == UNET else CLGNetModule
 
 
 def run_name(name: str, overrides: Dict[str, Any]) -> str:
@@ -148,10 +155,10 @@ def run_name(name: str, overrides: Dict[str, Any]) -> str:
 def train_and_score(name: str, overrides: Dict[str, Any], data_path: Path,
                     args: argparse.Namespace) -> Dict[str, Any]:
     """Train one model for the budget, reconstruct the scoring split, score it."""
-    demo_args = _demo_args(args, data_path)
+    train_args = _train_args(args, data_path)
     pl.seed_everything(args.seed, workers=True)
-    data = demo.build_data_module(demo_args)
-    module = build_module(name, overrides, demo_args)
+    data = demo.build_data_module(train_args)
+    module = build_module(name, overrides, train_args)
     root = args.output_dir / run_name(name, overrides)
     recons = root / "reconstructions"
     if recons.exists():
@@ -182,33 +189,26 @@ def train_and_score(name: str, overrides: Dict[str, Any], data_path: Path,
     }
 
 
-def _demo_args(args: argparse.Namespace, data_path: Path) -> argparse.Namespace:
-    """``clgnet-fastmri train``'s arguments for this run, defaults included."""
-    parser = argparse.ArgumentParser()
-    demo.add_arguments(parser)
-    return parser.parse_args([
-        "--data_path", str(data_path), "--challenge", args.challenge,
-        "--accelerations", str(args.acceleration),
-        "--center_fractions", str(args.center_fraction),
-        "--batch_size", str(args.batch_size), "--num_workers", str(args.num_workers),
-        "--seed", str(args.seed), "--vgg_weights", args.vgg_weights, "--test_split", "val",
-    ])
+def _train_args(args: argparse.Namespace, data_path: Path) -> argparse.Namespace:
+    """``clgnet-fastmri train``'s defaults with this benchmark's data, mask and loader."""
+    train_args = demo.default_args()
+    vars(train_args).update(
+        data_path=data_path, challenge=args.challenge, accelerations=[args.acceleration],
+        center_fractions=[args.center_fraction], batch_size=args.batch_size,
+        num_workers=args.num_workers, seed=args.seed, vgg_weights=args.vgg_weights,
+        test_split="val",
+    )
+    return train_args
 
 
 def build_module(name: str, overrides: Dict[str, Any],
-                 demo_args: argparse.Namespace) -> pl.LightningModule:
+                 train_args: argparse.Namespace) -> pl.LightningModule:
     if name == UNET:
         return UnetModule(**{**UNET_KWARGS, **UNET_OPTIM, **overrides})
-    kwargs = demo.module_kwargs(demo_args)
-    kwargs.update(lr_schedule="constant", num_log_images=0)
-    kwargs.update(VARIANTS[name].kwargs)
-    kwargs.update(overrides)
-    if kwargs["alpha"] == 0:
-        kwargs["vgg_weights"] = None
-    try:
-        return CLGNetModule(**kwargs)
-    except TypeError as exc:
-        raise UserError(f"--models {name}: {exc}") from None
+    # A wall-clock budget has no known step count for the cosine schedule.
+    vars(train_args).update(lr_schedule="constant", num_log_images=0)
+    vars(train_args).update({**VARIANTS[name].kwargs, **overrides})
+    return CLGNetModule(**demo.module_kwargs(train_args))
 
 
 def _network(module: pl.LightningModule) -> torch.nn.Module:

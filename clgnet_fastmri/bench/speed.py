@@ -43,11 +43,14 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 from ..errors import UserError
 from ..files import atomic_output
 from ..losses import CLGNetLoss, ContrastiveLoss, VGG19Features
-from .variants import NETWORKS, UNET, VARIANTS, build_network, count_parameters
+from ..models.registry import UNET, VARIANTS, build_network, count_parameters, networks
+from ..pl_modules.clgnet_module import CLGNetModule
+from ..settings import signature_defaults
 
 DEFAULT_SIZES = (256, 320, 512)
-ALPHA = 0.05  # the paper's weight of L_CL
-K_NEGATIVES = 6
+# CLGNet's loss as CLGNetModule trains it (the paper's weight of L_CL and negatives).
+_PAPER = signature_defaults(CLGNetModule)
+ALPHA, K_NEGATIVES = _PAPER["alpha"], _PAPER["k_negatives"]
 
 _aten = torch.ops.aten
 
@@ -75,7 +78,7 @@ _EXTRA_FLOPS = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", choices=NETWORKS, default=list(NETWORKS),
+    parser.add_argument("--models", nargs="+", choices=networks(), default=list(networks()),
                         help="networks to measure (U-Net is always measured first: the ratios "
                         "are to it)")
     parser.add_argument("--sizes", nargs="+", type=int, default=list(DEFAULT_SIZES),

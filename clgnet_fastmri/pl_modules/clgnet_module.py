@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import math
-from typing import Any, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from fastmri.data.transforms import UnetSample
@@ -12,7 +13,9 @@ from fastmri.pl_modules import UnetModule as FastMriUnetModule
 from torch import Tensor
 
 from ..losses import CLGNetLoss, ContrastiveLoss, LossParts, VGG19Features
-from ..models import CLGNet
+from ..losses.contrastive import REDUCTIONS
+from ..models import GLOBAL_MODULES, CLGNet
+from ..settings import MAX_CHANS, Rule, add_signature_arguments, orthogonal_wavelets
 from .bridge import Lightning2Bridge
 
 LR_SCHEDULES = ("cosine", "step", "constant")
@@ -29,19 +32,22 @@ class CLGNetModule(Lightning2Bridge, MriModule):
     normalised space) and ``val_metrics/{nmse,psnr,ssim}`` (fastmri, per volume); validation
     images to TensorBoard.
 
+    The signature's defaults are the paper's settings (Sec. 4.1), except ``lr``; ``RULES``
+    holds each argument's allowed values and help, and ``add_model_specific_args`` makes the
+    two into command-line options (fastmri's ``UnetModule`` convention).
+
     Args:
         chans, num_sfrir, num_sfrb, wavelet, global_module: The network (``CLGNet``);
             ``wavelet=None`` is the "w/o wavelet" ablation, ``global_module="none"`` the
             "w/o SFL" one.
-        alpha: Weight of the contrastive loss (paper: 0.05); 0 trains with L1 only
-            ("w/o L_CL") and skips VGG19 entirely.
+        alpha: Weight of the contrastive loss; 0 trains with L1 only ("w/o L_CL") and skips
+            VGG19 entirely.
         k_negatives, use_negatives, cl_reduction: The contrastive loss (``ContrastiveLoss``).
         vgg_weights: "imagenet", a path to a VGG19 state dict, or None for random init. Only
             read when fitting: evaluating or predicting with a checkpoint never needs VGG19.
-        lr: Adam's peak learning rate. Default 1e-3, not the paper's 1e-4: at equal training
-            time 1e-4 is far behind (BENCHMARKS.md, Quality: 25.7 vs 27.5 dB after 3 minutes
-            on the synthetic knee set), and the cosine schedule still ends at 1e-5.
-            ``lr=1e-4`` reproduces the paper's setting.
+        lr: Adam's peak learning rate. 1e-3, not the paper's 1e-4: at equal training time
+            1e-4 learns far slower (see BENCHMARKS.md, Quality), and the cosine schedule
+            still ends at ``lr * lr_min_ratio``. ``lr=1e-4`` reproduces the paper's setting.
         weight_decay: Adam weight decay.
         lr_schedule: "cosine" (per step, from ``lr`` down to ``lr * lr_min_ratio`` at the last
             step of the run), "step" (fastmri's StepLR: ``lr_gamma`` every ``lr_step_size``
@@ -53,6 +59,39 @@ class CLGNetModule(Lightning2Bridge, MriModule):
     # normalised zero-filled image and undo the normalisation for metrics and saving.
     validation_step = FastMriUnetModule.validation_step
     test_step = FastMriUnetModule.test_step
+
+    #: Allowed values and help of each ``__init__`` argument (defaults: the signature).
+    RULES: Dict[str, Rule] = {
+        "chans": Rule("channels C of the branch bodies", low=1, high=MAX_CHANS),
+        "num_sfrir": Rule("SFRIRs per branch", low=1, high=64),
+        "num_sfrb": Rule("SFRBs per SFRIR", low=1, high=64),
+        "wavelet": Rule("any orthogonal PyWavelets wavelet, or 'none' for the 'w/o wavelet' "
+                        "ablation", choices=orthogonal_wavelets, none="none",
+                        what="an orthogonal PyWavelets wavelet (haar, db2, sym4, coif1, ...)"),
+        "global_module": Rule("'none' is the 'w/o SFL' ablation (local convolutions only); "
+                              "'self_attention' and 'swin' are the paper's CLGNet_SA and "
+                              "CLGNet_Tran", choices=GLOBAL_MODULES),
+        "alpha": Rule("weight of the contrastive loss; 0 = L1 only (skips VGG19)",
+                      low=0, high=1e3),
+        "k_negatives": Rule("negatives per sample in the contrastive loss", low=1, high=64),
+        "use_negatives": Rule("'w/o negative' ablation", flag="--no_negatives"),
+        "cl_reduction": Rule("how the contrastive ratio is averaged", choices=REDUCTIONS),
+        "vgg_weights": Rule(
+            "'imagenet' (torchvision's weights; error if absent), 'random', a path to a VGG19 "
+            "state dict, or 'auto': ImageNet weights when in the torch-hub cache, otherwise "
+            "random with a warning", none="random", cli_default="auto"),
+        "lr": Rule("Adam's peak learning rate, decayed by --lr_schedule (the paper's 1e-4 "
+                   "learns far slower at equal time; see README)", low=0, low_open=True,
+                   high=10),
+        "weight_decay": Rule("Adam weight decay", low=0),
+        "lr_schedule": Rule("learning-rate schedule", choices=LR_SCHEDULES),
+        "lr_min_ratio": Rule("final/peak learning rate of the cosine schedule", low=0, high=1),
+        "lr_step_size": Rule("epochs between decays of the step schedule", low=1),
+        "lr_gamma": Rule("decay factor of the step schedule", low=0, high=1, low_open=True),
+        "num_log_images": Rule("validation images logged per epoch", low=0),
+    }
+    #: The arguments that define the network (``CLGNet``'s), as stored in checkpoints.
+    NETWORK_HPARAMS = ("chans", "num_sfrir", "num_sfrb", "wavelet", "global_module")
 
     def __init__(
         self,
@@ -86,6 +125,12 @@ class CLGNetModule(Lightning2Bridge, MriModule):
             global_module=global_module,
         )
         self.loss: Optional[CLGNetLoss] = None
+
+    @classmethod
+    def add_model_specific_args(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Add one ``--name`` option per ``__init__`` argument (defaults from the signature)."""
+        add_signature_arguments(parser.add_argument_group("CLGNetModule"), cls, cls.RULES)
+        return parser
 
     def setup(self, stage: str) -> None:
         # Built here, not in __init__, so that loading a checkpoint for validation, testing or

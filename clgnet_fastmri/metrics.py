@@ -1,4 +1,7 @@
-"""A banding metric that needs no adversary: the orientation of the reconstruction error.
+"""Metrics beyond fastmri's: BANDING, the orientation of the reconstruction error.
+
+``evaluate`` reports it beside fastmri's NMSE, PSNR and SSIM; the ``banding`` package (which
+trains against banding) re-exports it.
 
 Banding (Defazio et al., NeurIPS 2020) is faint streaks along the phase-encoding direction.
 In fastMRI data the phase-encoding direction is the k-space columns, i.e. the image width

@@ -1,0 +1,267 @@
+"""Settings in one place: CLGNetModule's signature as options, and every bad value refused
+with one line naming the option, before any work."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from clgnet_fastmri import cli
+from clgnet_fastmri.checkpoints import load_clgnet
+from clgnet_fastmri.errors import UserError
+from clgnet_fastmri.models import CLGNet
+from clgnet_fastmri.models.registry import VARIANTS, build_network, networks
+from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
+from clgnet_fastmri.settings import Rule, SettingError, check_output_dir, signature_defaults
+
+
+def test_options_are_the_module_signature():
+    params = inspect.signature(CLGNetModule.__init__).parameters
+    parser = CLGNetModule.add_model_specific_args(argparse.ArgumentParser())
+    parsed = vars(parser.parse_args(["--vgg_weights", "imagenet"]))
+    assert set(CLGNetModule.RULES) == set(params) - {"self"} == set(parsed)
+    for name, param in params.items():
+        if name != "self":
+            assert parsed[name] == param.default, name
+    # The paper's settings (Sec. 4.1), stated once in the signature.
+    paper = dict(chans=32, num_sfrir=4, num_sfrb=3, alpha=0.05, k_negatives=6)
+    assert {k: signature_defaults(CLGNetModule)[k] for k in paper} == paper
+    # CLGNet's own defaults agree with the module's.
+    network = signature_defaults(CLGNet)
+    for name in CLGNetModule.NETWORK_HPARAMS:
+        assert network[name] == params[name].default, name
+
+
+def test_options_spell_none_and_the_ablation_switches():
+    parser = CLGNetModule.add_model_specific_args(argparse.ArgumentParser())
+    args = parser.parse_args(["--wavelet", "none", "--no_negatives", "--vgg_weights", "random",
+                              "--global_module", "none", "--chans", "8", "--lr", "1e-4"])
+    assert (args.wavelet, args.use_negatives, args.vgg_weights) == (None, False, None)
+    assert (args.chans, args.lr, args.global_module) == (8, 1e-4, "none")
+    assert parser.parse_args([]).vgg_weights == "auto"  # resolved by the training command
+
+
+def test_rules_describe_their_range():
+    rule = Rule(low=2, high=64)
+    with pytest.raises(SettingError, match=r"--x: must be an integer in \[2, 64\], not 1"):
+        rule.check("--x", 1, int)
+    with pytest.raises(SettingError, match="must be an integer"):
+        rule.check("--x", "8", int)  # a string is not a count, even a numeric one
+    with pytest.raises(SettingError, match="must be an integer"):
+        rule.check("--x", True, int)
+    with pytest.raises(SettingError, match=r"in \(0, 1\]"):
+        Rule(low=0, high=1, low_open=True).check("--f", float("nan"), float)
+    Rule(low=1, special=(-1,)).check("--max_epochs", -1, int)
+
+
+def test_registry_builds_each_variant_network():
+    assert {"clgnet", "no-wavelet", "no-sfl", "sa", "tran", "unet"} <= set(networks())
+    assert {"no-cl", "no-negative"}.isdisjoint(networks())  # same network as CLGNet
+    tiny = dict(chans=4, num_sfrir=1, num_sfrb=1)
+    for name in ("no-wavelet", "no-sfl", "sa"):
+        model = build_network(name, **tiny)
+        for key, value in VARIANTS[name].network.items():
+            assert getattr(model, key, value) == value or _built_as(model, key, value)
+    assert VARIANTS["no-cl"].training == {"alpha": 0.0}
+    # Every variant's arguments are CLGNetModule settings.
+    for name, variant in VARIANTS.items():
+        if variant.model == "clgnet":
+            assert set(variant.kwargs) <= set(CLGNetModule.RULES), name
+
+
+def _built_as(model: CLGNet, key: str, value) -> bool:
+    reference = CLGNet(chans=4, num_sfrir=1, num_sfrb=1, **{key: value})
+    return [tuple(p.shape) for p in model.parameters()] == \
+        [tuple(p.shape) for p in reference.parameters()]
+
+
+def run_cli(argv, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+BAD_TRAIN = [
+    (["--accelerations", "0"], "--accelerations"),
+    (["--accelerations", "1"], "--accelerations"),
+    (["--accelerations", "1000"], "--accelerations"),
+    (["--center_fractions", "1.5"], "--center_fractions"),
+    (["--center_fractions", "0"], "--center_fractions"),
+    (["--center_fractions", "1"], "--center_fractions"),
+    (["--accelerations", "4", "8"], "--center_fractions"),
+    (["--batch_size", "0"], "--batch_size"),
+    (["--max_epochs", "-5"], "--max_epochs"),
+    (["--max_steps", "0"], "--max_steps"),
+    (["--num_workers", "-1"], "--num_workers"),
+    (["--check_val_every_n_epoch", "0"], "--check_val_every_n_epoch"),
+    (["--crop_size", "0", "0"], "--crop_size"),
+    (["--sample_rate", "2"], "--sample_rate"),
+    (["--sample_rate", "0"], "--sample_rate"),
+    (["--chans", "0"], "--chans"),
+    (["--chans", "200000"], "--chans"),
+    (["--num_sfrir", "0"], "--num_sfrir"),
+    (["--k_negatives", "-1"], "--k_negatives"),
+    (["--alpha", "-1"], "--alpha"),
+    (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"),
+    (["--wavelet", "bior1.3"], "--wavelet"),
+    (["--wavelet", "nosuch"], "--wavelet"),
+    (["--global_module", "cnn"], "--global_module"),
+    (["--precision", "17"], "--precision"),
+    (["--strategy", "nosuch"], "--strategy"),
+    (["--mask_type", "spiral"], "--mask_type"),
+    (["--accelerator", "quantum"], "--accelerator"),
+    (["--lr_schedule", "linear"], "--lr_schedule"),
+    (["--num_nodes", "0"], "--num_nodes"),
+]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("argv, option", BAD_TRAIN, ids=[" ".join(a) for a, _ in BAD_TRAIN])
+def test_bad_train_values_are_one_line_errors_before_any_work(argv, option, tmp_path, capsys):
+    root = tmp_path / "run"
+    code, lines = run_cli(["train", "--data_path", str(tmp_path / "nodata"),
+                           "--default_root_dir", str(root), *argv], capsys)
+    assert code == 2
+    assert len(lines) == 1 and lines[0].startswith("clgnet-fastmri train: error:"), lines
+    assert option in lines[0]
+    assert not root.exists()  # nothing was started
+
+
+BAD_OTHER = [
+    (["bench", "quality", "--max-steps", "0"], "--max-steps"),
+    (["bench", "quality", "--minutes", "0"], "--minutes"),
+    (["bench", "quality", "--acceleration", "1"], "--acceleration"),
+    (["bench", "quality", "--center-fraction", "1"], "--center-fraction"),
+    (["bench", "quality", "--batch-size", "0"], "--batch-size"),
+    (["bench", "quality", "--models", "clgnet:chans=0"], "chans"),
+    (["bench", "quality", "--models", "clgnet:nosuch=1"], "nosuch"),
+    (["bench", "speed", "--device", "tpu:0"], "--device"),
+    (["bench", "speed", "--threads", "0"], "--threads"),
+    (["predict", "--checkpoint", "x.ckpt", "--data_path", "d", "--output", "o",
+      "--accelerations", "0", "--center_fractions", "0.08"], "--accelerations"),
+    (["predict", "--checkpoint", "x.ckpt", "--data_path", "d", "--output", "o",
+      "--batch_size", "0"], "--batch_size"),
+]
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("argv, option", BAD_OTHER, ids=[" ".join(a) for a, _ in BAD_OTHER])
+def test_bad_values_of_other_commands_are_one_line_errors(argv, option, capsys):
+    code, lines = run_cli(argv, capsys)
+    assert code == 2
+    assert len(lines) == 1 and "error:" in lines[0] and option in lines[0], lines
+
+
+@pytest.mark.reliability
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+@pytest.mark.parametrize("argv, option", [
+    (["train", "--accelerator", "gpu"], "--accelerator gpu"),
+    (["train", "--accelerator", "cuda", "--devices", "2"], "--accelerator cuda"),
+    (["bench", "speed", "--device", "cuda"], "--device cuda"),
+    (["predict", "--checkpoint", "x.ckpt", "--data_path", "d", "--output", "o",
+      "--device", "cuda:0"], "--device cuda:0"),
+])
+def test_a_missing_gpu_is_named(argv, option, capsys):
+    code, lines = run_cli(argv, capsys)
+    assert code == 2 and len(lines) == 1 and option in lines[0] and "CUDA" in lines[0], lines
+
+
+@pytest.mark.reliability
+def test_output_folder_must_be_a_writable_folder(tmp_path):
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    with pytest.raises(SettingError, match="is a file"):
+        check_output_dir("--default_root_dir", afile)
+    with pytest.raises(SettingError, match="not a writable folder"):
+        check_output_dir("--default_root_dir", afile / "below")
+    with pytest.raises(SettingError, match="not a writable folder"):
+        check_output_dir("--default_root_dir", Path("/proc/clgnet-test"))
+    check_output_dir("--default_root_dir", tmp_path / "new" / "deeper")  # can be created
+
+
+def save_module_checkpoint(path, hparams, state) -> None:
+    torch.save({"state_dict": state, "hyper_parameters": hparams}, path)
+
+
+TINY = dict(chans=4, num_sfrir=1, num_sfrb=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_state():
+    return {f"clgnet.{k}": v for k, v in CLGNet(**TINY).state_dict().items()}
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("hparams, message", [
+    ({"chans": "8"}, "chans: must be an integer"),
+    ({"chans": 200000}, r"chans: must be an integer in \[1, 1024\]"),
+    ({"num_sfrir": 10**9}, "num_sfrir"),
+    ({"wavelet": "bior1.3"}, "wavelet: must be an orthogonal PyWavelets wavelet"),
+    ({"global_module": ["fourier"]}, "global_module"),
+    ({"alpha": float("inf")}, "alpha"),
+])
+def test_crafted_checkpoint_hyperparameters_are_refused_before_building(
+        hparams, message, tmp_path, tiny_state):
+    path = tmp_path / "crafted.ckpt"
+    save_module_checkpoint(path, {**TINY, "wavelet": "haar", "global_module": "fourier",
+                                  **hparams}, tiny_state)
+    with pytest.raises(UserError, match=message) as info:
+        load_clgnet(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.reliability
+def test_mismatched_weights_are_one_line_naming_both(tmp_path, tiny_state):
+    path = tmp_path / "wide.ckpt"
+    hparams = {**TINY, "chans": 8, "wavelet": "haar", "global_module": "fourier"}
+    save_module_checkpoint(path, hparams, tiny_state)  # 4-channel weights, chans=8 stated
+    with pytest.raises(UserError) as info:
+        load_clgnet(path)
+    text = str(info.value)
+    assert "\n" not in text and str(path) in text and "chans=8" in text
+    assert "tensors of another shape" in text
+
+
+@pytest.mark.reliability
+def test_truncated_checkpoint_is_named(tmp_path, tiny_state):
+    path = tmp_path / "cut.ckpt"
+    save_module_checkpoint(path, {**TINY, "wavelet": "haar", "global_module": "fourier"},
+                           tiny_state)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(UserError, match="not a readable PyTorch checkpoint"):
+        load_clgnet(path)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+@pytest.mark.reliability
+def test_malicious_checkpoint_refusal_does_not_depend_on_torch_wording(tmp_path, monkeypatch):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": _Payload(marker)}, path)
+    real_load = torch.load
+
+    def reworded(*args, **kwargs):
+        try:
+            return real_load(*args, **kwargs)
+        except Exception as exc:
+            raise type(exc)("Weights only load failed: unsupported GLOBAL somewhere") from None
+
+    monkeypatch.setattr(torch, "load", reworded)
+    with pytest.raises(UserError, match="refused to load.*pathlib") as info:
+        load_clgnet(path)
+    assert "\n" not in str(info.value)
+    assert not marker.exists()
