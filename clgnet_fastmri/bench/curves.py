@@ -55,9 +55,9 @@ from ..data.transforms import CLGNetDataTransform
 from ..errors import UserError
 from ..files import atomic_output, ensure_writable_dir
 from ..pl_modules.data_module import CLGNetDataModule
-from .quality import _demo_args as quality_demo_args
+from .quality import _train_args as quality_train_args
 from .quality import build_module, parse_spec, run_name
-from .variants import UNET, VARIANTS
+from ..models.registry import UNET, VARIANTS
 
 DEFAULT_MODELS = ("unet", "clgnet", "no-cl", "no-sfl")
 ANATOMIES = ("knee", "brain")
@@ -290,7 +290,7 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
     )
     quality_args = argparse.Namespace(**vars(args), num_workers=0)
     module = build_module(name, {"num_log_images": 0, **overrides},
-                          quality_demo_args(quality_args, data_path))
+                          quality_train_args(quality_args, data_path))
     resume = root / "last.ckpt"
 
     def record() -> Dict[str, Any]:

@@ -195,7 +195,8 @@ def _train_args(args: argparse.Namespace, data_path: Path) -> argparse.Namespace
     vars(train_args).update(
         data_path=data_path, challenge=args.challenge, accelerations=[args.acceleration],
         center_fractions=[args.center_fraction], batch_size=args.batch_size,
-        num_workers=args.num_workers, seed=args.seed, vgg_weights=args.vgg_weights,
+        num_workers=args.num_workers, seed=args.seed,
+        vgg_weights=None if args.vgg_weights == "random" else args.vgg_weights,
         test_split="val",
     )
     return train_args
