@@ -1,24 +1,39 @@
-"""Load a trained CLGNet from a Lightning checkpoint, safely and with clear errors."""
+"""Load a trained network (CLGNet, U-Net, VarNet) from a Lightning checkpoint, safely and
+with clear errors.
+
+Besides Lightning's ``hyper_parameters``, a checkpoint of ``clgnet-fastmri train`` records
+under ``RECORD_KEY`` the model kind, the challenge and the input normalisation it was trained
+for. The record sits beside the hyperparameters, not among them, so that Lightning's and
+fastmri's ``load_from_checkpoint`` still take the hyperparameters as they are. Checkpoints
+written before the record existed are CLGNet ones of an unknown challenge.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
+import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
 from .errors import UserError
 from .files import atomic_output
 from .models import CLGNet
-from .pl_modules.clgnet_module import CLGNetModule
+from .pl_modules.kinds import KINDS, ModelKind
 from .settings import check_hparams, signature_settings
 
-MODEL_PREFIX = "clgnet."
+log = logging.getLogger(__name__)
+
+RECORD_KEY = "clgnet_fastmri"
+#: What a checkpoint without a record was: ``clgnet-fastmri train`` trained only CLGNet then.
+UNRECORDED = {"model_kind": "clgnet", "challenge": None, "normalisation": None}
 
 
 def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
@@ -65,28 +80,62 @@ def _unreadable(path: Path) -> UserError:
     )
 
 
-def describe(hparams: Mapping[str, Any], state: Mapping[str, Any] = {}) -> str:
+def run_record(kind: ModelKind, challenge: str) -> Dict[str, str]:
+    """What a checkpoint records about its training: model kind, challenge, normalisation."""
+    return {"model_kind": kind.name, "challenge": challenge,
+            "normalisation": kind.normalisation}
+
+
+class RecordRun(Callback):
+    """Write ``run_record(kind, challenge)`` into every checkpoint the trainer saves."""
+
+    def __init__(self, kind: ModelKind, challenge: str):
+        self.record = run_record(kind, challenge)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           checkpoint: Dict[str, Any]) -> None:
+        checkpoint[RECORD_KEY] = dict(self.record)
+
+
+def read_record(path: Union[str, os.PathLike], checkpoint: Mapping[str, Any]) -> Dict[str, Any]:
+    """The checkpoint's record (``run_record``); ``UNRECORDED`` with a note for a checkpoint
+    written before records existed."""
+    record = checkpoint.get(RECORD_KEY)
+    if record is None:
+        log.info("%s: the checkpoint does not record its model kind or challenge (written by "
+                 "an older clgnet-fastmri); loading it as CLGNet", path)
+        return dict(UNRECORDED)
+    kind = record.get("model_kind") if isinstance(record, Mapping) else None
+    challenge = record.get("challenge") if isinstance(record, Mapping) else None
+    if kind not in KINDS or challenge not in ("singlecoil", "multicoil"):
+        raise UserError(f"{path}: damaged {RECORD_KEY} record ({record!r}); use a checkpoint "
+                        "written by clgnet-fastmri train")
+    return {**UNRECORDED, **record}
+
+
+def describe(hparams: Mapping[str, Any], state: Mapping[str, Any] = {},
+             kind: ModelKind = KINDS["clgnet"]) -> str:
     """``CLGNet(chans=32, ...)`` from a module's hyperparameters, ``+ part`` for each other
     top-level part of its weights (e.g. a training extension's)."""
-    args = ", ".join(f"{name}={hparams.get(name)!r}" for name in CLGNetModule.NETWORK_HPARAMS)
-    parts = sorted({key.split(".")[0] for key in state} - {MODEL_PREFIX.rstrip(".")})
-    return f"CLGNet({args})" + "".join(f" + {part}" for part in parts)
+    parts = sorted({key.split(".")[0] for key in state} - {kind.network, "loss"})
+    return kind.describe(hparams) + "".join(f" + {part}" for part in parts)
 
 
-def checked_hparams(path: Union[str, os.PathLike], checkpoint: Mapping[str, Any]
-                    ) -> Dict[str, Any]:
-    """``CLGNetModule``'s arguments stored in a checkpoint, each checked against
-    ``CLGNetModule.RULES`` (types, ranges, size caps) before anything is built from them."""
+def checked_hparams(path: Union[str, os.PathLike], checkpoint: Mapping[str, Any],
+                    kind: ModelKind = KINDS["clgnet"]) -> Dict[str, Any]:
+    """The module's arguments stored in a checkpoint, each checked against the module's
+    ``RULES`` (types, ranges, size caps) before anything is built from them."""
     hparams = checkpoint.get("hyper_parameters", {})
     state = checkpoint.get("state_dict", {})
+    prefix = kind.network + "."
     if not isinstance(hparams, Mapping) or not isinstance(state, Mapping) or \
-            not any(key.startswith(MODEL_PREFIX) for key in state) or \
-            not all(name in hparams for name in CLGNetModule.NETWORK_HPARAMS):
+            not any(key.startswith(prefix) for key in state) or \
+            not all(name in hparams for name in kind.module.NETWORK_HPARAMS):
         raise UserError(
-            f"{path}: not a CLGNet checkpoint (no CLGNet weights or hyperparameters); "
-            "use a checkpoint written by clgnet-fastmri train"
+            f"{path}: not a {kind.title} checkpoint (no {kind.title} weights or "
+            "hyperparameters); use a checkpoint written by clgnet-fastmri train"
         )
-    return check_hparams(hparams, signature_settings(CLGNetModule), CLGNetModule.RULES, path)
+    return check_hparams(hparams, signature_settings(kind.module), kind.module.RULES, path)
 
 
 def check_fits(path: Union[str, os.PathLike], module: nn.Module, state: Mapping[str, Any],
@@ -108,29 +157,43 @@ def check_fits(path: Union[str, os.PathLike], module: nn.Module, state: Mapping[
         )
 
 
-def load_module(path: Union[str, os.PathLike]) -> CLGNetModule:
-    """The ``CLGNetModule`` of a checkpoint, for validation, testing or prediction: its checked
-    hyperparameters and network weights (other parts, e.g. a training extension's, are not
-    needed there and are left out)."""
+def load_module(path: Union[str, os.PathLike]) -> pl.LightningModule:
+    """The Lightning module of a checkpoint, of the kind it records (CLGNet when it records
+    none), for validation, testing or prediction: its checked hyperparameters and network
+    weights (other parts, e.g. a training extension's, are not needed there and are left
+    out)."""
+    return load_recorded(path)[0]
+
+
+def load_recorded(path: Union[str, os.PathLike]) -> Tuple[pl.LightningModule, Dict[str, Any]]:
+    """``load_module(path)`` and the checkpoint's record (``read_record``)."""
     checkpoint = read_checkpoint(path)
-    hparams = checked_hparams(path, checkpoint)
-    module = CLGNetModule(**hparams)
+    record = read_record(path, checkpoint)
+    kind = KINDS[record["model_kind"]]
+    hparams = checked_hparams(path, checkpoint, kind)
+    module = kind.module(**hparams)
+    prefix = kind.network + "."
     state = {
-        key[len(MODEL_PREFIX):]: value
+        key[len(prefix):]: value
         for key, value in checkpoint["state_dict"].items()
-        if key.startswith(MODEL_PREFIX)
+        if key.startswith(prefix)
     }
-    described = describe(hparams)
-    check_fits(path, module.clgnet, state, trained_as=f"weights that are not {described}",
+    network = getattr(module, kind.network)
+    described = kind.describe(hparams)
+    check_fits(path, network, state, trained_as=f"weights that are not {described}",
                asked=f"the {described} its hyperparameters describe")
-    module.clgnet.load_state_dict(state)
-    return module
+    network.load_state_dict(state)
+    return module, record
 
 
 def load_clgnet(path: Union[str, os.PathLike]) -> CLGNet:
     """The CLGNet of a ``CLGNetModule`` checkpoint (or of any module that stores the network
     under ``clgnet.`` with CLGNet's hyperparameters), in eval mode on the CPU."""
-    return load_module(path).clgnet.eval()
+    module, record = load_recorded(path)
+    if record["model_kind"] != "clgnet":
+        raise UserError(f"{path}: a {record['model_kind']} checkpoint, not a CLGNet one; "
+                        "load it with load_module")
+    return module.clgnet.eval()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -207,6 +207,88 @@ def add_signature_arguments(
                             metavar=name.upper(), help=rule.help)
 
 
+class _Unset:
+    """Default of an option whose default depends on another option (``--model``)."""
+
+    def __repr__(self) -> str:
+        return "the model's"
+
+
+#: Value of a model option the user did not give; ``model_kwargs`` puts the model's default.
+UNSET = _Unset()
+
+
+def add_model_arguments(
+    parser: argparse.ArgumentParser,
+    models: Mapping[str, tuple],
+    default: str,
+    help: str = "",
+) -> None:
+    """``--model`` and the union of the models' options, for one command that trains several.
+
+    ``models`` maps each ``--model`` value to ``(cls, rules)`` as ``add_signature_arguments``
+    takes them. An option two models share (``--chans``, ``--lr``, ...) is one argument whose
+    default and allowed values follow ``--model``: every option defaults to ``UNSET``, and
+    ``model_kwargs`` puts the chosen model's default and checks its rule.
+    """
+    parser.add_argument("--model", choices=tuple(models), default=default, help=help)
+    group = parser.add_argument_group("model (defaults and allowed values follow --model)")
+    owners: Dict[str, list] = {}
+    for model, (cls, rules) in models.items():
+        settings = signature_settings(cls)
+        if set(settings) != set(rules):
+            raise TypeError(f"{cls.__name__}: rules {sorted(rules)} do not match the "
+                            f"signature {sorted(settings)}")
+        for name, (default_value, kind) in settings.items():
+            owners.setdefault(name, []).append((model, kind, rules[name], default_value))
+    for name, owned in owners.items():
+        kinds = {kind for _, kind, _, _ in owned}
+        if len(kinds) > 1:
+            raise TypeError(f"--{name}: the models disagree on its type ({kinds})")
+        kind = kinds.pop()
+        text = "; ".join(f"{model}: {rule.help} (default {_model_default(rule, value)!r})"
+                         for model, _, rule, value in owned)
+        if kind is bool:
+            (model, _, rule, value), = owned  # a switch belongs to one model
+            parser_flag = rule.flag or f"--{name}"
+            group.add_argument(parser_flag, dest=name, action="store_const", const=not value,
+                               default=UNSET, help=text)
+            continue
+        # Values are checked against the chosen model's rule by model_kwargs; one model's rule
+        # already applies while parsing.
+        rule = owned[0][2] if len(owned) == 1 else Rule()
+        group.add_argument(f"--{name}", type=rule.parser(kind, f"--{name}"), default=UNSET,
+                           metavar=name.upper(), help=text)
+
+
+def _model_default(rule: Rule, default: Any) -> Any:
+    return default if rule.cli_default is inspect.Parameter.empty else rule.cli_default
+
+
+def model_kwargs(args: argparse.Namespace, models: Mapping[str, tuple]) -> Dict[str, Any]:
+    """The chosen ``--model``'s constructor arguments from options ``add_model_arguments``
+    added: the given values checked against its rules, the others at its defaults. An option
+    of another model only is refused (it would be ignored)."""
+    cls, rules = models[args.model]
+    settings = signature_settings(cls)
+    values = vars(args)
+    for model, (other, other_rules) in models.items():
+        for name in signature_settings(other):
+            if name not in settings and values.get(name, UNSET) is not UNSET:
+                flag = other_rules[name].flag or f"--{name}"
+                raise SettingError(f"{flag}: an option of --model {model}, not of --model "
+                                   f"{args.model}; drop it or choose --model {model}")
+    out = {}
+    for name, (default, kind) in settings.items():
+        value = values.get(name, UNSET)
+        if value is UNSET:
+            value = _model_default(rules[name], default)
+        else:
+            rules[name].check(rules[name].flag or f"--{name}", value, kind)
+        out[name] = value
+    return out
+
+
 def signature_kwargs(cls: type, args: argparse.Namespace) -> Dict[str, Any]:
     """``cls.__init__``'s keyword arguments, read from a namespace by name."""
     return {name: getattr(args, name) for name in signature_settings(cls)}
@@ -259,6 +341,7 @@ SHARED: Dict[str, tuple] = {
     "threads": (int, _COUNT),
     "precision": (str, Rule(choices=PRECISIONS)),
     "accelerator": (str, Rule(choices=ACCELERATORS)),
+    "gpus": (int, Rule(low=0, special=(-1,))),
 }
 
 
@@ -267,6 +350,8 @@ def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
 
     ``flags`` maps each ``dest`` to the option as the user typed it (for the messages).
     Raises ``SettingError`` for the first value out of range or inconsistent with another.
+    fastmri's option names that stand for ours (``--gpus``, ``--resume_from_checkpoint``) are
+    translated into them here (``resolve_synonyms``).
     """
     values = vars(args)
     for dest, (kind, rule) in SHARED.items():
@@ -275,6 +360,7 @@ def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
             continue
         for item in value if isinstance(value, (list, tuple)) else [value]:
             rule.check(flags.get(dest, f"--{dest}"), item, kind)
+    resolve_synonyms(args)
     accelerations, fractions = values.get("accelerations"), values.get("center_fractions")
     if accelerations is not None and fractions is not None and \
             len(accelerations) != len(fractions):
@@ -291,6 +377,50 @@ def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
         check_device(flags.get("device", "--device"), values["device"])
     if values.get("default_root_dir") is not None:
         check_output_dir(flags.get("default_root_dir"), Path(values["default_root_dir"]))
+
+
+def resolve_synonyms(args: argparse.Namespace) -> None:
+    """Translate fastmri's (Lightning 1's) option names into ours, in place.
+
+    ``--gpus N`` is ``--accelerator gpu --devices N`` (``--gpus 0``: ``--accelerator cpu``);
+    ``--resume_from_checkpoint PATH`` is ``--resume PATH`` for ``--mode train`` and
+    ``--checkpoint PATH`` for ``--mode test/validate``. A synonym that contradicts the option
+    it stands for is refused (``--gpus 2 --devices 4``), never guessed.
+    """
+    values = vars(args)
+    gpus = values.get("gpus")
+    if gpus is not None:
+        accelerator, devices = values.get("accelerator", "auto"), values.get("devices", "auto")
+        wanted = "cpu" if gpus == 0 else "gpu"
+        if accelerator not in ("auto", wanted) and not (wanted == "gpu" and accelerator == "cuda"):
+            raise SettingError(f"--gpus {gpus} and --accelerator {accelerator} contradict each "
+                               "other; give one of them")
+        if gpus != 0 and devices not in ("auto", gpus):
+            raise SettingError(f"--gpus {gpus} and --devices {devices} contradict each other; "
+                               "give one of them")
+        if gpus != 0 and _gpu_count() == 0:
+            raise SettingError(f"--gpus {gpus}: no CUDA GPU on this machine; use --gpus 0 "
+                               "(the CPU)")
+        args.accelerator = wanted if accelerator == "auto" else accelerator
+        if gpus != 0:
+            args.devices = gpus
+    path = values.get("resume_from_checkpoint")
+    if path is not None:
+        if values.get("mode", "train") == "train":
+            resume = values.get("resume")
+            if resume == "last":
+                resume = Path(values["default_root_dir"]) / "checkpoints" / "last.ckpt"
+            _same_file("--resume", resume, path)
+            args.resume = str(path)
+        else:
+            _same_file("--checkpoint", values.get("checkpoint"), path)
+            args.checkpoint = Path(path)
+
+
+def _same_file(flag: str, given: Any, path: Any) -> None:
+    if given is not None and Path(given).resolve() != Path(path).resolve():
+        raise SettingError(f"--resume_from_checkpoint {path} and {flag} {given} name different "
+                           "checkpoints; give one of them")
 
 
 def check_strategy(flag: str, strategy: str) -> None:

@@ -1,9 +1,11 @@
-"""Train and test CLGNet the way fastmri's ``train_unet_demo.py`` trains its U-Net.
+"""Train and test CLGNet the way fastmri's ``train_unet_demo.py`` trains its U-Net, and
+fastmri's U-Net and VarNet baselines (``--model unet|varnet``) with their demos' defaults.
 
 Run as ``clgnet-fastmri train ...`` or ``python -m clgnet_fastmri.train_clgnet_demo ...``.
-The arguments mirror fastmri's demo (``--challenge``, ``--data_path``, ``--mask_type``,
-``--center_fractions``, ``--accelerations``, ``--mode train|test``, ...) with Lightning 2's
-Trainer options spelled out, since ``Trainer.from_argparse_args`` no longer exists.
+The arguments mirror fastmri's demos (``--challenge``, ``--data_path``, ``--mask_type``,
+``--center_fractions``, ``--accelerations``, ``--mode train|test``, the models' own options,
+``--resume_from_checkpoint``, ``--gpus``) with Lightning 2's Trainer options spelled out,
+since ``Trainer.from_argparse_args`` no longer exists.
 
 Without ``--data_path`` it is a self-contained demo: it generates the built-in synthetic
 knee set into a cache folder, trains a short run, tests the best checkpoint, and prints the
@@ -31,7 +33,15 @@ from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
 from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
-from .checkpoints import AtomicCheckpointIO, check_fits, describe, load_module, read_checkpoint
+from .checkpoints import (
+    AtomicCheckpointIO,
+    RecordRun,
+    check_fits,
+    describe,
+    load_module,
+    read_checkpoint,
+    read_record,
+)
 from .errors import UserError
 from .files import atomic_output, ensure_writable_dir, remove_partials
 from .evaluate import format_table, score_folder, write_json
@@ -39,17 +49,26 @@ from .extensions import enabled_extension, extensions
 from .figures import collect_slices, save_figure
 from .predict import reconstruct, write_volume
 from .losses import imagenet_weights_available, imagenet_weights_path
-from .pl_modules.clgnet_module import CLGNetModule
 from .pl_modules.data_module import CLGNetDataModule
-from .settings import ACCELERATORS, MASK_TYPES, MAX_ACCELERATION, PRECISIONS, signature_kwargs
+from .pl_modules.kinds import KINDS, ModelKind, model_settings
+from .settings import (
+    ACCELERATORS,
+    MASK_TYPES,
+    MAX_ACCELERATION,
+    PRECISIONS,
+    SettingError,
+    add_model_arguments,
+    model_kwargs,
+)
 
 log = logging.getLogger(__name__)
 
 # The built-in demo: small enough to train on 2 CPU cores in a few minutes.
 DEMO_DATA = dict(anatomy="knee", size=128, num_slices=8, splits={"train": 8, "val": 2, "test": 2})
-DEMO_DEFAULTS = dict(max_epochs=8, batch_size=4)
-# Real data (fastMRI knee, CC-359 brain): the paper's batch size and a fastmri-like run length.
-DATA_DEFAULTS = dict(max_epochs=50, batch_size=10)
+DEMO_DEFAULTS = dict(max_epochs=8, batch_size=4, mask_type="random", challenge="singlecoil")
+# Real data (fastMRI knee, CC-359 brain): fastmri's demos' run length; the batch size is the
+# model kind's (``ModelKind.data_defaults``).
+DATA_DEFAULTS = dict(DEMO_DEFAULTS, max_epochs=50)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,11 +84,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="fastMRI data root holding <challenge>_train/_val/_test; "
         "if omitted, the built-in synthetic knee set is generated and used",
     )
-    data.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
+    data.add_argument("--challenge", choices=("singlecoil", "multicoil"), default=None,
+                      help="default singlecoil (multicoil for --model varnet)")
     data.add_argument("--test_path", type=Path, default=None,
                       help="test folder, overriding <data_path>/<challenge>_<test_split>")
     data.add_argument("--test_split", choices=("val", "test", "challenge"), default="test")
-    data.add_argument("--mask_type", choices=MASK_TYPES, default="random")
+    data.add_argument("--mask_type", choices=MASK_TYPES, default=None,
+                      help="default random (equispaced_fraction for --model varnet, as "
+                      "fastmri's demo)")
     data.add_argument("--center_fractions", nargs="+", type=float, default=[0.08],
                       help="fraction of low-frequency lines always kept, in (0, 1); one per "
                       "acceleration")
@@ -84,25 +106,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--combine_train_val", action="store_true",
                       help="train on train+val (for a final leaderboard model)")
     data.add_argument("--batch_size", type=int, default=None,
-                      help=f"per device; default {DATA_DEFAULTS['batch_size']} "
-                      f"(demo {DEMO_DEFAULTS['batch_size']})")
+                      help="per device; default 10 for clgnet, 1 for unet and varnet (fastmri's "
+                      f"demos); {DEMO_DEFAULTS['batch_size']} on the built-in demo set "
+                      "(varnet 1)")
     data.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
     data.add_argument("--skip_bad_files", action="store_true",
                       help="skip (and log) unreadable or non-finite files instead of stopping")
 
-    CLGNetModule.add_model_specific_args(parser)
+    add_model_arguments(
+        parser, model_settings(), "clgnet",
+        help="clgnet; or fastmri's baselines: unet (its U-Net) or varnet (End-to-End VarNet, "
+        "multicoil), with the defaults of fastmri's train_unet_demo.py/train_varnet_demo.py",
+    )
 
     trainer = parser.add_argument_group("trainer")
     trainer.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
     trainer.add_argument("--devices", type=_devices, default="auto",
                          help="a count, a comma-separated list of indices, or auto")
+    trainer.add_argument("--gpus", type=int, default=None,
+                         help="fastmri's (Lightning 1's) name: --gpus N is --accelerator gpu "
+                         "--devices N; --gpus 0 is --accelerator cpu")
     trainer.add_argument("--strategy", default="auto",
                          help="e.g. ddp for several GPUs (volumes are dispatched whole for "
                          "validation)")
     trainer.add_argument("--num_nodes", type=int, default=1)
     trainer.add_argument("--precision", choices=PRECISIONS, default="32-true",
                          metavar="PRECISION",
-                         help="Lightning's precision, e.g. bf16-mixed on recent GPUs")
+                         help="Lightning's precision, e.g. bf16-mixed on recent GPUs; "
+                         "bf16-true/16-true convert the model (CLGNet's FFTs stay float32)")
     trainer.add_argument("--max_epochs", type=int, default=None,
                          help=f"default {DATA_DEFAULTS['max_epochs']} "
                          f"(demo {DEMO_DEFAULTS['max_epochs']})")
@@ -125,6 +156,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     trainer.add_argument("--checkpoint", type=Path, default=None,
                          help="model for --mode test (default: the best checkpoint)")
+    trainer.add_argument("--resume_from_checkpoint", type=Path, default=None, metavar="CKPT",
+                         help="fastmri's name: --resume CKPT with --mode train, --checkpoint "
+                         "CKPT with --mode test/validate")
 
     for extension in extensions():
         extension.add_arguments(parser)
@@ -142,9 +176,7 @@ def run(args: argparse.Namespace) -> int:
     # The loss's VGG19 is frozen in eval mode on purpose; Lightning warns about it at every fit.
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     demo = args.data_path is None
-    for key, value in (DEMO_DEFAULTS if demo else DATA_DEFAULTS).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    kind = resolve_model(args, demo)
     if demo:
         args.data_path = demo_dataset(args.challenge)
     pl.seed_everything(args.seed, workers=True)
@@ -157,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
         model = build_module(args)
         resume = resume_path(args, checkpoints)
         if resume is not None:
-            check_resume(resume, model)
+            check_resume(resume, model, kind, args.challenge)
         trainer.fit(model, datamodule=data_module, ckpt_path=resume, weights_only=True)
         if not demo:
             return 0
@@ -165,11 +197,34 @@ def run(args: argparse.Namespace) -> int:
         callback = trainer.checkpoint_callback
         args.checkpoint = Path(callback.best_model_path or callback.last_model_path)
     checkpoint = args.checkpoint or best_checkpoint(checkpoints)
+    check_record(checkpoint, kind, args.challenge)
     if args.mode == "validate":
         validate(args, data_module, trainer, checkpoint)
     else:
         test(args, data_module, trainer, checkpoint)
     return 0
+
+
+def resolve_model(args: argparse.Namespace, demo: bool) -> ModelKind:
+    """The ``--model``'s kind; its options and the data options left unset filled in with
+    its defaults (fastmri's demo values for the baselines), all checked."""
+    kind = KINDS[args.model]
+    model_kwargs(args, model_settings())  # checks the model's options before any work
+    defaults = {**(DEMO_DEFAULTS if demo else DATA_DEFAULTS), **kind.defaults,
+                **({} if demo else kind.data_defaults)}
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.challenge not in kind.challenges:
+        raise SettingError(f"--model {kind.name} --challenge {args.challenge}: {kind.title} "
+                           f"needs {' or '.join(kind.challenges)} data (coil images); use "
+                           f"--challenge multicoil, or --model clgnet/unet for singlecoil data")
+    if kind.name != "clgnet" and enabled_extension(args) is not None:
+        raise SettingError(f"--{enabled_extension(args).name} trains CLGNet, not "
+                           f"--model {kind.name}; drop one of them")
+    if kind.name != "clgnet" and args.crop_size:
+        raise SettingError(f"--crop_size: crops are for --model clgnet, not {kind.name}; drop it")
+    return kind
 
 
 def demo_dataset(challenge: str) -> Path:
@@ -199,14 +254,15 @@ def build_data_module(args: argparse.Namespace) -> CLGNetDataModule:
     # A seeded mask stream makes a run reproducible with num_workers=0 too (workers reseed).
     mask.rng.seed(args.seed)
     crop = tuple(args.crop_size) if args.crop_size else None
+    transform = KINDS[args.model].transform
     extension = enabled_extension(args)
-    train_transform = extension.train_transform(args) if extension else CLGNetDataTransform
+    train_transform = extension.train_transform(args) if extension else transform
     return CLGNetDataModule(
         data_path=args.data_path,
         challenge=args.challenge,
         train_transform=train_transform(args.challenge, mask, use_seed=False, crop_size=crop),
-        val_transform=CLGNetDataTransform(args.challenge, mask),
-        test_transform=CLGNetDataTransform(args.challenge, mask),
+        val_transform=transform(args.challenge, mask),
+        test_transform=transform(args.challenge, mask),
         combine_train_val=args.combine_train_val,
         test_split=args.test_split,
         test_path=args.test_path,
@@ -222,19 +278,23 @@ def build_data_module(args: argparse.Namespace) -> CLGNetDataModule:
 
 
 def build_module(args: argparse.Namespace) -> pl.LightningModule:
-    """``CLGNetModule``, or the module of the training extension the options enable (e.g.
-    ``--banding``: the orientation adversary beside the network)."""
+    """The ``--model``'s module (``CLGNetModule``, ``UnetModule``, ``VarNetModule``), or the
+    module of the training extension the options enable (e.g. ``--banding``: the
+    orientation adversary beside CLGNet)."""
     extension = enabled_extension(args)
     if extension is None:
-        return CLGNetModule(**module_kwargs(args))
+        return KINDS[args.model].module(**module_kwargs(args))
     return extension.build_module(args, module_kwargs(args))
 
 
 def module_kwargs(args: argparse.Namespace) -> dict:
-    """``CLGNetModule``'s arguments from the parsed options (``--vgg_weights auto`` resolved;
-    no VGG19 at all when ``--alpha 0``)."""
-    kwargs = signature_kwargs(CLGNetModule, args)
-    kwargs["vgg_weights"] = resolve_vgg_weights(args.vgg_weights) if args.alpha > 0 else None
+    """The ``--model``'s module arguments from the parsed options; for CLGNet,
+    ``--vgg_weights auto`` resolved, and no VGG19 at all when ``--alpha 0``."""
+    kwargs = model_kwargs(args, model_settings())
+    if args.model == "clgnet":
+        kwargs["vgg_weights"] = (
+            resolve_vgg_weights(kwargs["vgg_weights"]) if kwargs["alpha"] > 0 else None
+        )
     return kwargs
 
 
@@ -273,7 +333,8 @@ def build_trainer(args: argparse.Namespace) -> pl.Trainer:
             save_top_k=1,
             save_last=True,
             every_n_train_steps=args.checkpoint_every_n_steps,
-        )
+        ),
+        RecordRun(KINDS[args.model], args.challenge),
     ]
     optional = {
         "limit_train_batches": args.limit_train_batches,
@@ -323,16 +384,33 @@ def resume_path(args: argparse.Namespace, checkpoints: Path) -> Optional[Path]:
     return path
 
 
-def check_resume(path: Path, model: pl.LightningModule) -> None:
-    """The checkpoint holds weights of ``model``'s shapes (else one line saying both)."""
+def check_resume(path: Path, model: pl.LightningModule, kind: ModelKind, challenge: str
+                 ) -> None:
+    """The checkpoint is of ``kind`` and ``challenge`` and holds weights of ``model``'s
+    shapes (else one line saying what it was trained as)."""
     checkpoint = read_checkpoint(path)
     state = checkpoint.get("state_dict", {})
     hparams = checkpoint.get("hyper_parameters", {})
     if not isinstance(state, dict) or not isinstance(hparams, dict):
         raise UserError(f"{path}: not a Lightning checkpoint (no state_dict); resume from a "
                         "checkpoint written by clgnet-fastmri train")
-    check_fits(path, model, state, trained_as=describe(hparams, state),
-               asked=describe(model.hparams, model.state_dict()))
+    check_trained_for(path, read_record(path, checkpoint), kind, challenge)
+    check_fits(path, model, state, trained_as=describe(hparams, state, kind),
+               asked=describe(model.hparams, model.state_dict(), kind))
+
+
+def check_record(path: Path, kind: ModelKind, challenge: str) -> None:
+    """The checkpoint to validate or test was trained as ``kind`` for ``challenge``."""
+    check_trained_for(path, read_record(path, read_checkpoint(path)), kind, challenge)
+
+
+def check_trained_for(path: Path, record: dict, kind: ModelKind, challenge: str) -> None:
+    if record["model_kind"] != kind.name:
+        raise UserError(f"{path}: a --model {record['model_kind']} checkpoint, not "
+                        f"--model {kind.name}; pass --model {record['model_kind']}")
+    if record["challenge"] not in (None, challenge):
+        raise UserError(f"{path}: trained on {record['challenge']} data, not {challenge}; "
+                        f"pass --challenge {record['challenge']}")
 
 
 def best_checkpoint(checkpoints: Path) -> Path:
@@ -373,7 +451,11 @@ def test(
     result = score_folder(targets, reconstructions, args.challenge)
     print(f"\nOfficial fastMRI metrics of {reconstructions} against {targets}:")
     print(format_table(result))
-    dataset = CheckedSliceDataset(split, args.challenge, transform=data_module.test_transform)
+    transform = data_module.test_transform
+    if not isinstance(transform, CLGNetDataTransform):
+        # The zero-filled baseline and the figure need the image input (VarNet's is k-space).
+        transform = CLGNetDataTransform(args.challenge, transform.mask_func)
+    dataset = CheckedSliceDataset(split, args.challenge, transform=transform)
     # The network's own input, scored the same way: what the training has to beat.
     zero_filled = root / "zero_filled"
     ensure_writable_dir(zero_filled)
@@ -386,7 +468,8 @@ def test(
         f"(zero-filled input: {baseline['PSNR']:.2f} dB, {baseline['SSIM']:.4f})"
     )
     write_json(result, root / "metrics.json", checkpoint=str(checkpoint),
-               challenge=args.challenge, targets=str(targets), zero_filled_mean=baseline)
+               model=args.model, challenge=args.challenge, targets=str(targets),
+               zero_filled_mean=baseline)
     views = collect_slices(dataset, reconstructions, targets, TARGET_KEYS[args.challenge])
     save_figure(views, root / "reconstructions.png")
     print(f"figure: {root / 'reconstructions.png'}")

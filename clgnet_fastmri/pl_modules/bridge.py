@@ -12,12 +12,15 @@ It also fixes the two places where the legacy code assumes Lightning 1 objects:
 
 from __future__ import annotations
 
+import argparse
 from typing import Any, Dict, List
 
 import numpy as np
 import torch
 from fastmri.pl_modules import MriModule, UnetModule, VarNetModule
 from pytorch_lightning.loggers import TensorBoardLogger
+
+from ..settings import MAX_CHANS, Rule, add_signature_arguments
 
 
 class Lightning2Bridge:
@@ -30,6 +33,18 @@ class Lightning2Bridge:
     validation_step_end = None
     validation_epoch_end = None
     test_epoch_end = None
+
+    #: Allowed values and help of each ``__init__`` argument (defaults: the signature).
+    RULES: Dict[str, Rule] = {}
+    #: The arguments that define the network, as stored in checkpoints.
+    NETWORK_HPARAMS: tuple = ()
+
+    @classmethod
+    def add_model_specific_args(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        """Add one ``--name`` option per ``__init__`` argument (defaults from the signature,
+        or from ``RULES`` where fastmri's demo script sets another)."""
+        add_signature_arguments(parser.add_argument_group(cls.__name__), cls, cls.RULES)
+        return parser
 
     def on_validation_epoch_start(self) -> None:
         self._val_logs: List[Dict[str, Any]] = []
@@ -74,9 +89,49 @@ class Lightning2Bridge:
                 logger.log_image(key=name, images=[image], step=self.global_step)
 
 
+_LR = dict(low=0, low_open=True, high=10)
+_POOLS = dict(low=1, high=8)
+
+
 class UnetModule(Lightning2Bridge, UnetModule):
-    """fastmri's ``UnetModule`` (the fastMRI U-Net baseline), trainable on Lightning 2."""
+    """fastmri's ``UnetModule`` (the fastMRI U-Net baseline), trainable on Lightning 2.
+
+    Its signature's defaults are those of fastmri's ``train_unet_demo.py`` (RMSprop,
+    lr 1e-3, StepLR every 40 epochs by 0.1, 32 channels, 4 pooling levels).
+    """
+
+    RULES = {
+        "in_chans": Rule("U-Net input channels (the magnitude image)", choices=(1,)),
+        "out_chans": Rule("U-Net output channels (the magnitude image)", choices=(1,)),
+        "chans": Rule("channels of the first U-Net level", low=1, high=MAX_CHANS),
+        "num_pool_layers": Rule("U-Net pooling levels", **_POOLS),
+        "drop_prob": Rule("U-Net dropout probability", low=0, high=1, high_open=True),
+        "lr": Rule("RMSprop learning rate", **_LR),
+        "lr_step_size": Rule("epochs between learning-rate decays (StepLR)", low=1),
+        "lr_gamma": Rule("learning-rate decay factor", low=0, high=1, low_open=True),
+        "weight_decay": Rule("RMSprop weight decay", low=0),
+    }
+    NETWORK_HPARAMS = ("in_chans", "out_chans", "chans", "num_pool_layers", "drop_prob")
 
 
 class VarNetModule(Lightning2Bridge, VarNetModule):
-    """fastmri's ``VarNetModule`` (End-to-End VarNet baseline), trainable on Lightning 2."""
+    """fastmri's ``VarNetModule`` (End-to-End VarNet baseline), trainable on Lightning 2.
+
+    Command-line defaults are those of fastmri's ``train_varnet_demo.py``: 8 cascades and
+    Adam at lr 1e-3 (the signature says 12 and 3e-4), the
+    other values as in the signature.
+    """
+
+    RULES = {
+        "num_cascades": Rule("VarNet cascades (unrolled iterations)", low=1, high=64,
+                             cli_default=8),
+        "pools": Rule("pooling levels of each cascade's U-Net", **_POOLS),
+        "chans": Rule("channels of each cascade's U-Net", low=1, high=MAX_CHANS),
+        "sens_pools": Rule("pooling levels of the sensitivity-map U-Net", **_POOLS),
+        "sens_chans": Rule("channels of the sensitivity-map U-Net", low=1, high=MAX_CHANS),
+        "lr": Rule("Adam learning rate", cli_default=1e-3, **_LR),
+        "lr_step_size": Rule("epochs between learning-rate decays (StepLR)", low=1),
+        "lr_gamma": Rule("learning-rate decay factor", low=0, high=1, low_open=True),
+        "weight_decay": Rule("Adam weight decay", low=0),
+    }
+    NETWORK_HPARAMS = ("num_cascades", "pools", "chans", "sens_pools", "sens_chans")

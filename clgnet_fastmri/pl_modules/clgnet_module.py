@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any, Dict, Optional
 
@@ -15,7 +14,7 @@ from torch import Tensor
 from ..losses import CLGNetLoss, ContrastiveLoss, LossParts, VGG19Features
 from ..losses.contrastive import REDUCTIONS
 from ..models import GLOBAL_MODULES, CLGNet
-from ..settings import MAX_CHANS, Rule, add_signature_arguments, orthogonal_wavelets
+from ..settings import MAX_CHANS, Rule, orthogonal_wavelets
 from .bridge import Lightning2Bridge
 
 LR_SCHEDULES = ("cosine", "step", "constant")
@@ -125,12 +124,6 @@ class CLGNetModule(Lightning2Bridge, MriModule):
             global_module=global_module,
         )
         self.loss: Optional[CLGNetLoss] = None
-
-    @classmethod
-    def add_model_specific_args(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        """Add one ``--name`` option per ``__init__`` argument (defaults from the signature)."""
-        add_signature_arguments(parser.add_argument_group("CLGNetModule"), cls, cls.RULES)
-        return parser
 
     def setup(self, stage: str) -> None:
         # Built here, not in __init__, so that loading a checkpoint for validation, testing or

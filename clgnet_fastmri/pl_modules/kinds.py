@@ -1,0 +1,103 @@
+"""The model kinds ``clgnet-fastmri train --model`` trains and ``predict`` runs.
+
+A kind names a Lightning module (its signature and ``RULES`` are the command's options), the
+attribute that holds its network, the data transform that feeds it, the challenges it can
+read and the defaults of fastmri's demo script for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+from fastmri.data.subsample import MaskFunc
+from fastmri.data.transforms import VarNetDataTransform
+
+from ..data.transforms import CLGNetDataTransform
+from .bridge import UnetModule, VarNetModule
+from .clgnet_module import CLGNetModule
+
+INSTANCE_NORM = ("instance: zero-filled magnitude image (RSS over coils for multicoil) "
+                 "normalised by its mean and std, clamped to +-6 (fastmri UnetDataTransform)")
+KSPACE_INPUT = "none: masked multicoil k-space as stored (fastmri VarNetDataTransform)"
+
+
+class KspaceTransform:
+    """fastmri's ``VarNetDataTransform`` that, like ``CLGNetDataTransform``, uses the mask a
+    file holds (a test or challenge file: k-space already undersampled) and applies
+    ``mask_func`` only to fully sampled k-space, so one transform serves every split."""
+
+    def __init__(self, mask_func: Optional[MaskFunc] = None, use_seed: bool = True):
+        self.masking = VarNetDataTransform(mask_func, use_seed)
+        self.masked = VarNetDataTransform(None, use_seed)
+
+    @property
+    def mask_func(self) -> Optional[MaskFunc]:
+        # Read by the data loader's worker_init_fn to seed each worker's masks.
+        return self.masking.mask_func
+
+    def __call__(self, kspace: np.ndarray, mask: Optional[np.ndarray], *rest: Any):
+        return (self.masking if mask is None else self.masked)(kspace, mask, *rest)
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One ``--model``: its module, network attribute, transform and demo defaults.
+
+    ``transform(challenge, mask_func, use_seed, crop_size)`` builds the data transform;
+    ``defaults`` are the values of options left unset (``--batch_size``, ``--mask_type``,
+    ``--challenge``, ...) that differ from the command's, ``data_defaults`` more of them for
+    real data (not the built-in demo set).
+    """
+
+    name: str
+    title: str
+    module: type
+    network: str
+    transform: Callable[..., Callable]
+    normalisation: str
+    challenges: Tuple[str, ...] = ("singlecoil", "multicoil")
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    data_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def settings(self) -> tuple:
+        """``(cls, rules)`` for ``settings.add_model_arguments``."""
+        return self.module, self.module.RULES
+
+    def describe(self, hparams: Mapping[str, Any]) -> str:
+        """``CLGNet(chans=32, ...)``: the network its hyperparameters make."""
+        args = ", ".join(f"{n}={hparams.get(n)!r}" for n in self.module.NETWORK_HPARAMS)
+        return f"{self.title}({args})"
+
+
+def _image_transform(challenge: str, mask_func: Optional[MaskFunc] = None,
+                     use_seed: bool = True, crop_size: Optional[tuple] = None
+                     ) -> CLGNetDataTransform:
+    return CLGNetDataTransform(challenge, mask_func, use_seed=use_seed, crop_size=crop_size)
+
+
+def _kspace_transform(challenge: str, mask_func: Optional[MaskFunc] = None,
+                      use_seed: bool = True, crop_size: Optional[tuple] = None
+                      ) -> KspaceTransform:
+    # VarNet's data consistency needs the whole k-space: no crops.
+    return KspaceTransform(mask_func, use_seed)
+
+
+_VARNET_DEMO = {"challenge": "multicoil", "mask_type": "equispaced_fraction", "batch_size": 1}
+KINDS: Dict[str, ModelKind] = {
+    # Real data: the paper's batch size (CLGNet), fastmri's demos' per-device 1 (baselines).
+    "clgnet": ModelKind("clgnet", "CLGNet", CLGNetModule, "clgnet", _image_transform,
+                        INSTANCE_NORM, data_defaults={"batch_size": 10}),
+    "unet": ModelKind("unet", "Unet", UnetModule, "unet", _image_transform, INSTANCE_NORM,
+                      data_defaults={"batch_size": 1}),
+    # fastmri's VarNet demo: multicoil only, equispaced_fraction masks, one slice per batch.
+    "varnet": ModelKind("varnet", "VarNet", VarNetModule, "varnet", _kspace_transform,
+                        KSPACE_INPUT, challenges=("multicoil",), defaults=_VARNET_DEMO),
+}
+
+
+def model_settings() -> Dict[str, tuple]:
+    """``{--model value: (cls, rules)}`` for ``settings.add_model_arguments``."""
+    return {name: kind.settings for name, kind in KINDS.items()}
