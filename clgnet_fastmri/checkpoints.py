@@ -102,7 +102,7 @@ def read_record(path: Union[str, os.PathLike], checkpoint: Mapping[str, Any]) ->
     written before records existed."""
     record = checkpoint.get(RECORD_KEY)
     if record is None:
-        log.info("%s: the checkpoint does not record its model kind or challenge (written by "
+        log.warning("%s: the checkpoint does not record its model kind or challenge (written by "
                  "an older clgnet-fastmri); loading it as CLGNet", path)
         return dict(UNRECORDED)
     kind = record.get("model_kind") if isinstance(record, Mapping) else None

@@ -1,6 +1,7 @@
 """Leaderboard submission export: ``clgnet-fastmri predict``.
 
-Runs a trained CLGNet over a test or challenge folder (k-space already masked, no targets)
+Runs a trained CLGNet (or fastmri U-Net or VarNet of ``train --model``) over a test or
+challenge folder (k-space already masked, no targets)
 and writes one HDF5 file per volume with a float32 ``reconstruction`` of shape (slices, H, W)
 at the header's reconSpace size, under the input's file names (or fastmri's ``_v2`` names),
 plus a zip of exactly those files to upload. Before it reports success, it checks the whole
@@ -15,7 +16,7 @@ import argparse
 import logging
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import xml.etree.ElementTree as etree
 from dataclasses import dataclass
@@ -24,17 +25,19 @@ import numpy as np
 import torch
 from fastmri.data.mri_data import et_query
 from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
-from torch import nn
+from fastmri.data.transforms import VarNetSample, center_crop
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoints import load_clgnet
+from .checkpoints import load_recorded
 from .data.checks import TARGET_KEYS, list_volumes, open_h5, target_folder
 from .data.mri_data import CheckedSliceDataset
 from .data.transforms import CLGNetDataTransform
 from .errors import DataError, UserError
 from .figures import collect_slices, save_figure
 from .files import atomic_output, ensure_writable_dir, remove_partials
+from .pl_modules.kinds import KINDS, ModelKind
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +68,9 @@ def reconstruct(
     current, slices = None, {}
     with torch.inference_mode():
         for batch in tqdm(loader, desc="reconstructing", unit="batch", disable=not progress):
-            image = batch.image.to(device).unsqueeze(1)
             with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
                                 enabled=autocast_dtype is not None):
-                output = model(image)
-            output = output.squeeze(1).float().cpu()
-            output = output * batch.std[:, None, None] + batch.mean[:, None, None]
+                output = forward_batch(model, batch, device)
             for fname, slice_num, image_out in zip(batch.fname, batch.slice_num, output):
                 if fname != current and current is not None:
                     yield current, _stack(slices)
@@ -79,6 +79,65 @@ def reconstruct(
                 slices[int(slice_num)] = image_out.numpy()
     if current is not None:
         yield current, _stack(slices)
+
+
+def forward_batch(model: nn.Module, batch: Union[tuple, VarNetSample], device: str
+                  ) -> Union[Tensor, Sequence[Tensor]]:
+    """The float32 CPU reconstructions (each H x W) of one batch.
+
+    ``UnetSample`` (CLGNet, U-Net, or ``nn.Identity`` for the zero-filled input): the
+    network's output on ``image``, denormalised. ``VarNetSample``: VarNet's output on the
+    masked k-space, cropped to the header's reconSpace size as fastmri's ``VarNetModule``
+    does (to the k-space width where that is narrower). Inputs take the dtype of the
+    network's weights, so a model converted to bfloat16/float16 runs as it is.
+    """
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    if isinstance(batch, VarNetSample):
+        output = model(batch.masked_kspace.to(device, dtype), batch.mask.to(device),
+                       batch.num_low_frequencies.to(device)).float().cpu()
+        crops = []
+        for index, image in enumerate(output):
+            size = (int(batch.crop_size[0][index]), int(batch.crop_size[1][index]))
+            if image.shape[-1] < size[1]:  # fastmri's FLAIR 203 case
+                size = (image.shape[-1], image.shape[-1])
+            crops.append(center_crop(image, size))
+        return crops
+    output = model(batch.image.to(device, dtype).unsqueeze(1)).squeeze(1).float().cpu()
+    return output * batch.std[:, None, None] + batch.mean[:, None, None]
+
+
+def load_for_prediction(checkpoint: Path, challenge: str,
+                        allow_challenge_mismatch: bool = False) -> Tuple[ModelKind, nn.Module]:
+    """The model kind and network (eval mode, CPU) of a checkpoint, for ``challenge`` data.
+
+    A checkpoint that records another challenge is refused unless
+    ``allow_challenge_mismatch``; one without a record (an older CLGNet) is taken as is.
+    """
+    module, record = load_recorded(checkpoint)
+    kind = KINDS[record["model_kind"]]
+    if challenge not in kind.challenges:
+        raise UserError(f"{checkpoint}: a {kind.title} checkpoint needs "
+                        f"{' or '.join(kind.challenges)} data, not {challenge}; pass --challenge "
+                        f"{kind.challenges[0]}")
+    trained = record["challenge"]
+    if trained is not None and trained != challenge and not allow_challenge_mismatch:
+        raise UserError(f"{checkpoint}: trained on {trained} data, asked for {challenge}; pass "
+                        f"--challenge {trained}, or --allow_challenge_mismatch to run it anyway")
+    return kind, getattr(module, kind.network).eval()
+
+
+def prediction_datasets(kind: ModelKind, data_path: Path, challenge: str,
+                        mask_func: Optional[MaskFunc]
+                        ) -> Tuple[CheckedSliceDataset, CheckedSliceDataset]:
+    """The dataset the network reads and the one the figure reads (the zero-filled image
+    input; the same dataset unless the network reads k-space)."""
+    dataset = CheckedSliceDataset(
+        data_path, challenge, transform=kind.transform(challenge, mask_func, use_seed=True)
+    )
+    if isinstance(dataset.transform, CLGNetDataTransform):
+        return dataset, dataset
+    images = CLGNetDataTransform(challenge, mask_func, use_seed=True)
+    return dataset, CheckedSliceDataset(data_path, challenge, transform=images)
 
 
 def _stack(slices: Dict[int, np.ndarray]) -> np.ndarray:
@@ -171,21 +230,28 @@ def predict(
     device: str = "cpu",
     autocast_dtype: Optional[torch.dtype] = None,
     progress: bool = True,
+    model_dtype: Optional[torch.dtype] = None,
+    allow_challenge_mismatch: bool = False,
 ) -> Submission:
     """Reconstruct every volume of ``data_path`` into ``output`` and check the result.
 
     ``mask_func`` undersamples fully-sampled input (e.g. a val folder) with a per-volume
     seeded mask; leave it None for test/challenge folders, whose k-space is already masked.
+    ``model_dtype`` converts the network (pure bfloat16/float16), ``autocast_dtype`` runs it
+    under autocast instead.
     """
-    model = load_clgnet(checkpoint)
+    kind, model = load_for_prediction(checkpoint, challenge, allow_challenge_mismatch)
+    if model_dtype is not None and kind.name == "varnet":
+        raise UserError(f"{checkpoint}: fastmri's VarNet runs its FFTs in the weights' dtype, "
+                        "which cannot be bfloat16/float16; use --precision bf16-mixed")
+    if model_dtype is not None:
+        model = model.to(model_dtype)
     # Left by an export killed midway: they are not output.
     remove_partials(output)
     remove_partials(output.parent, output.with_suffix(".zip").name)
     if output.is_dir() and any(output.iterdir()) and not overwrite:
         raise UserError(f"{output}: the output folder is not empty; pass --overwrite")
-    dataset = CheckedSliceDataset(
-        data_path, challenge, transform=CLGNetDataTransform(challenge, mask_func, use_seed=True)
-    )
+    dataset, image_dataset = prediction_datasets(kind, data_path, challenge, mask_func)
     ensure_writable_dir(output)
     for fname, volume in reconstruct(
         model, dataset, batch_size, num_workers, device, autocast_dtype, progress
@@ -200,11 +266,22 @@ def predict(
         figure = None
     else:
         views = collect_slices(
-            dataset, output, targets, TARGET_KEYS[challenge],
+            image_dataset, output, targets, TARGET_KEYS[challenge],
             recon_name=lambda name: submission_name(name, v2_names),
         )
         save_figure(views, figure)
     return Submission(names, zip_path, figure)
+
+
+#: ``--precision`` -> (autocast dtype, dtype the network is converted to).
+PRECISIONS = {
+    "32": (None, None),
+    "bf16": (torch.bfloat16, None),
+    "bf16-mixed": (torch.bfloat16, None),
+    "16-mixed": (torch.float16, None),
+    "bf16-true": (None, torch.bfloat16),
+    "16-true": (None, torch.float16),
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -230,8 +307,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch_size", type=int, default=1)
     parser.add_argument("--num_workers", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=("32", "bf16"), default="32",
-                        help="bf16 autocast for the convolutions (the FFTs stay float32)")
+    parser.add_argument("--precision", choices=tuple(PRECISIONS), default="32",
+                        help="bf16 (= bf16-mixed) or 16-mixed: autocast for the convolutions; "
+                        "bf16-true or 16-true: the network converted (CLGNet's FFTs stay "
+                        "float32)")
+    parser.add_argument("--allow_challenge_mismatch", action="store_true",
+                        help="run a checkpoint trained for the other challenge")
     parser.add_argument("--overwrite", action="store_true")
     parser.add_argument("--quiet", action="store_true")
 
@@ -259,8 +340,10 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         device=args.device,
-        autocast_dtype=torch.bfloat16 if args.precision == "bf16" else None,
+        autocast_dtype=PRECISIONS[args.precision][0],
         progress=not args.quiet,
+        model_dtype=PRECISIONS[args.precision][1],
+        allow_challenge_mismatch=args.allow_challenge_mismatch,
     )
     print(
         f"submission of {len(submission.names)} volumes in {args.output}, "

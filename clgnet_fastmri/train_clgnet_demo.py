@@ -69,6 +69,8 @@ DEMO_DEFAULTS = dict(max_epochs=8, batch_size=4, mask_type="random", challenge="
 # Real data (fastMRI knee, CC-359 brain): fastmri's demos' run length; the batch size is the
 # model kind's (``ModelKind.data_defaults``).
 DATA_DEFAULTS = dict(DEMO_DEFAULTS, max_epochs=50)
+#: Precisions that convert the model's weights (no float32 master copy).
+TRUE_PRECISIONS = ("bf16-true", "16-true")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -222,6 +224,10 @@ def resolve_model(args: argparse.Namespace, demo: bool) -> ModelKind:
     if kind.name != "clgnet" and enabled_extension(args) is not None:
         raise SettingError(f"--{enabled_extension(args).name} trains CLGNet, not "
                            f"--model {kind.name}; drop one of them")
+    if kind.name == "varnet" and args.precision in TRUE_PRECISIONS:
+        raise SettingError(f"--precision {args.precision}: fastmri's VarNet runs its FFTs in "
+                           "the weights' dtype, which cannot be bfloat16/float16; use "
+                           "--precision bf16-mixed")
     if kind.name != "clgnet" and args.crop_size:
         raise SettingError(f"--crop_size: crops are for --model clgnet, not {kind.name}; drop it")
     return kind

@@ -7,7 +7,9 @@ metrics in ``validation_step_end``/``validation_epoch_end`` and saves test recon
 fastmri's own implementations from the Lightning 2 hooks, so the metric code (NMSE, PSNR and
 SSIM per volume, summed across DDP ranks) and ``fastmri.save_reconstructions`` stay fastmri's.
 It also fixes the two places where the legacy code assumes Lightning 1 objects:
-``trainer.val_dataloaders[0]`` and a TensorBoard-only ``log_image``.
+``trainer.val_dataloaders[0]`` and a TensorBoard-only ``log_image``, and hands fastmri's
+metric and saving code float32 tensors under ``precision="bf16-true"``/``"16-true"`` (it
+converts them to numpy, which has no bfloat16).
 """
 
 from __future__ import annotations
@@ -46,6 +48,10 @@ class Lightning2Bridge:
         add_signature_arguments(parser.add_argument_group(cls.__name__), cls, cls.RULES)
         return parser
 
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # float32 out of a bfloat16/float16 model: fastmri's steps call .numpy() on outputs.
+        return super().forward(*args, **kwargs).float()
+
     def on_validation_epoch_start(self) -> None:
         self._val_logs: List[Dict[str, Any]] = []
         if self.val_log_indices is None:
@@ -59,6 +65,8 @@ class Lightning2Bridge:
     def on_validation_batch_end(
         self, outputs: Dict[str, Any], batch: Any, batch_idx: int, dataloader_idx: int = 0
     ) -> None:
+        outputs = {key: value.float() if torch.is_tensor(value) and value.is_floating_point()
+                   else value for key, value in outputs.items()}
         self._val_logs.append(MriModule.validation_step_end(self, outputs))
 
     def on_validation_epoch_end(self) -> None:
