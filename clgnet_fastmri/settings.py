@@ -246,7 +246,8 @@ def add_model_arguments(
         if len(kinds) > 1:
             raise TypeError(f"--{name}: the models disagree on its type ({kinds})")
         kind = kinds.pop()
-        text = "; ".join(f"{model}: {rule.help} (default {_model_default(rule, value)!r})"
+        text = "; ".join(f"{model}: {rule.help}" + ("" if kind is bool else
+                                                        f" [{_model_default(rule, value)!r}]")
                          for model, _, rule, value in owned)
         if kind is bool:
             (model, _, rule, value), = owned  # a switch belongs to one model

@@ -24,15 +24,11 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
-from torch import nn
 from fastmri.data.subsample import create_mask_for_mask_type
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch import nn
 
-from .data.checks import TARGET_KEYS, target_folder
-from .data.mri_data import CheckedSliceDataset
-from .data.synthetic import GENERATOR_VERSION, make_dataset
-from .data.transforms import CLGNetDataTransform
 from .checkpoints import (
     AtomicCheckpointIO,
     RecordRun,
@@ -42,15 +38,19 @@ from .checkpoints import (
     read_checkpoint,
     read_record,
 )
+from .data.checks import TARGET_KEYS, target_folder
+from .data.mri_data import CheckedSliceDataset
+from .data.synthetic import GENERATOR_VERSION, make_dataset
+from .data.transforms import CLGNetDataTransform
 from .errors import UserError
-from .files import atomic_output, ensure_writable_dir, remove_partials
 from .evaluate import format_table, score_folder, write_json
 from .extensions import enabled_extension, extensions
 from .figures import collect_slices, save_figure
-from .predict import reconstruct, write_volume
+from .files import atomic_output, ensure_writable_dir, remove_partials
 from .losses import imagenet_weights_available, imagenet_weights_path
 from .pl_modules.data_module import CLGNetDataModule
 from .pl_modules.kinds import KINDS, ModelKind, model_settings
+from .predict import reconstruct, write_volume
 from .settings import (
     ACCELERATORS,
     MASK_TYPES,
@@ -170,7 +170,10 @@ def default_args() -> argparse.Namespace:
     """The options of ``clgnet-fastmri train`` at their defaults."""
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    return argparse.Namespace(**{a.dest: a.default for a in parser._actions if a.dest != "help"})
+    args = argparse.Namespace(**{a.dest: a.default for a in parser._actions if a.dest != "help"})
+    for key in ("challenge", "mask_type"):  # defaults that follow --model: clgnet's
+        setattr(args, key, DATA_DEFAULTS[key])
+    return args
 
 
 def run(args: argparse.Namespace) -> int:
