@@ -75,12 +75,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-import h5py
 import numpy as np
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..files import atomic_output, ensure_writable_dir
+from ..files import ensure_writable_dir, h5_output
 from .phantoms import MODELS, SPECS, AnatomySpec, Frame, Slice, Waves
 
 # Bumped whenever the same arguments and seed would give different data (e.g. a changed
@@ -739,7 +738,7 @@ def _write_volume(synth: _Synth, path: Path, key: str, mask: Optional[np.ndarray
     Without ``mask``: a training/validation file (k-space, target, ``max``, ``norm``). With
     ``mask``: a test file (masked k-space, ``mask``, ``test_attrs``, no target).
     """
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as hf:
+    with h5_output(path) as hf:
         hf.create_dataset("ismrmrd_header", data=synth.header)
         kspace = hf.create_dataset("kspace", shape=synth.kspace_shape, dtype=np.complex64)
         targets = []
@@ -766,7 +765,7 @@ def _write_test(synth: _Synth, path: Path, gt_path: Path, key: str,
     mask, num_low = sample_mask(synth.cols, acc, int(rng.integers(2**32 - 1)))
     test_attrs = {"acceleration": acc, "num_low_frequency": num_low}
     target = _write_volume(synth, path, key, mask, test_attrs)
-    with atomic_output(gt_path) as tmp, h5py.File(tmp, "w") as gt:
+    with h5_output(gt_path) as gt:
         gt.create_dataset(key, data=target)
         gt.attrs.update({**_target_attrs(synth, target), **test_attrs})
 
