@@ -268,7 +268,7 @@ def staged_folder(final: PathLike) -> Iterator[Path]:
     final = Path(final)
     try:
         staging = Path(
-            tempfile.mkdtemp(prefix=f".{final.name}.staging-", suffix=".partial", dir=final.parent)
+            tempfile.mkdtemp(prefix=f".{final.name}.staging.", suffix=".partial", dir=final.parent)
         )
     except OSError as exc:
         if _no_space(exc, final.parent):

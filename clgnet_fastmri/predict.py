@@ -265,7 +265,7 @@ def check_outputs(
     refuse_overlap({"--output": output, "the zip": zip_path, "--figure": figure}, inputs)
     # Left by an export killed midway: they are not output.
     recover_folder(output)
-    remove_partials(output.parent, f"{output.name}.staging-*")
+    remove_partials(output.parent, f"{output.name}.staging")
     remove_partials(output)
     if output.exists() and not output.is_dir():
         raise UserError(f"{output}: exists and is not a folder; choose another --output")
