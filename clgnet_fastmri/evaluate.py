@@ -151,7 +151,9 @@ def evaluate_folder(
             raise UserError(
                 f"{target_path}: every volume was skipped as not finite; nothing to score"
             )
-        raise UserError(f"{target_path}: no target volume matches the acquisition/acceleration filter")
+        raise UserError(
+            f"{target_path}: no target volume matches the acquisition/acceleration filter"
+        )
     return result
 
 

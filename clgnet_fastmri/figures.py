@@ -74,7 +74,9 @@ def collect_slices(
     return views
 
 
-def save_figure(views: Sequence[SliceView], path: os.PathLike, model_name: str = "CLGNet") -> List[str]:
+def save_figure(
+    views: Sequence[SliceView], path: os.PathLike, model_name: str = "CLGNet"
+) -> List[str]:
     """Write a PNG with one row per slice; returns the panel titles, row by row.
 
     Columns: ground truth, zero-filled input, reconstruction (PSNR/SSIM against the ground
@@ -98,7 +100,8 @@ def save_figure(views: Sequence[SliceView], path: os.PathLike, model_name: str =
         panels = [
             (view.target, f"ground truth\n{view.name}", view.maxval),
             (view.zero_filled, f"zero-filled\n{view.scores(view.zero_filled)}", view.maxval),
-            (view.reconstruction, f"{model_name}\n{view.scores(view.reconstruction)}", view.maxval),
+            (view.reconstruction, f"{model_name}\n{view.scores(view.reconstruction)}",
+             view.maxval),
             (error_zf, "|zero-filled - truth|", error_max),
             (error_model, f"|{model_name} - truth|", error_max),
         ]

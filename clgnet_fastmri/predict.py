@@ -42,7 +42,6 @@ from .errors import DataError, UserError
 from .figures import collect_slices, save_figure
 from .files import (
     atomic_output,
-    ensure_writable_dir,
     recover_folder,
     refuse_overlap,
     remove_partials,
@@ -130,9 +129,13 @@ def check_submission(
                 raise DataError(target, "has no 'reconstruction' dataset")
             recons = hf["reconstruction"]
             if recons.shape != shape:
-                raise DataError(target, f"reconstruction has shape {recons.shape}, expected {shape}")
+                raise DataError(
+                    target, f"reconstruction has shape {recons.shape}, expected {shape}"
+                )
             if recons.dtype != np.float32:
-                raise DataError(target, f"reconstruction has dtype {recons.dtype}, expected float32")
+                raise DataError(
+                    target, f"reconstruction has dtype {recons.dtype}, expected float32"
+                )
             if not np.isfinite(recons[()]).all():
                 raise DataError(target, "reconstruction contains NaN or Inf values")
         names.append(name)
@@ -291,7 +294,16 @@ def check_outputs(
             raise UserError(f"{old_zip}: exists; pass --overwrite")
         if not old_zip.is_file():
             raise UserError(f"{old_zip}: exists and is not a file; move it or pass --no_zip")
-    ensure_writable_dir(output.parent)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{output}: cannot create the output folder ({exc.strerror}); "
+            "choose a folder you can write to"
+        ) from None
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{output}: cannot write in {output.parent}; choose a folder you can "
+                        "write to")
 
 
 def check_finite_weights(model: nn.Module, checkpoint: Path) -> None:
@@ -304,7 +316,8 @@ def check_finite_weights(model: nn.Module, checkpoint: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt of clgnet-fastmri train")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a .ckpt of clgnet-fastmri train")
     parser.add_argument("--data_path", type=Path, required=True,
                         help="folder of fastMRI files to reconstruct (test/challenge split)")
     parser.add_argument("--output", type=Path, required=True,

@@ -52,7 +52,8 @@ def test_submission_has_the_leaderboard_layout(knee_data, submission):
     inputs = sorted(p.name for p in (knee_data / "singlecoil_test").iterdir())
     assert sorted(p.name for p in out.iterdir()) == inputs == sorted(result.names)
     for name in inputs:
-        with h5py.File(knee_data / "singlecoil_test" / name) as source, h5py.File(out / name) as hf:
+        source_path = knee_data / "singlecoil_test" / name
+        with h5py.File(source_path) as source, h5py.File(out / name) as hf:
             assert list(hf.keys()) == ["reconstruction"]
             recons = hf["reconstruction"]
             assert recons.dtype == np.float32

@@ -35,7 +35,9 @@ HEADER_FIELDS = [
 ]
 
 _NOT_FASTMRI = "fastMRI raw-data files hold 'kspace', 'ismrmrd_header' and a target"
-_BAD_ENTRY_FIX = "remove or repair it, or move it out of the folder (or train with --skip_bad_files)"
+_BAD_ENTRY_FIX = (
+    "remove or repair it, or move it out of the folder (or train with --skip_bad_files)"
+)
 
 
 def check_challenge(challenge: str) -> str:

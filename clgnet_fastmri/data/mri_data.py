@@ -84,7 +84,8 @@ class CheckedSliceDataset(SliceDataset):
             raise DataError(
                 root,
                 "no usable slices"
-                + (f" ({len(self.skipped_files)} bad files skipped)" if self.skipped_files else ""),
+                + (f" ({len(self.skipped_files)} bad files skipped)"
+                   if self.skipped_files else ""),
                 "check the folder and the --challenge",
             )
 
@@ -112,7 +113,9 @@ class CheckedSliceDataset(SliceDataset):
                 if not self.skip_bad_files:
                     raise
                 log.warning("skipping bad slice: %s", exc)
-        raise DataError(self.raw_samples[i].fname.parent, "every slice is unreadable or non-finite")
+        raise DataError(
+            self.raw_samples[i].fname.parent, "every slice is unreadable or non-finite"
+        )
 
     def _load(self, i: int) -> Any:
         # fastmri reads and transforms in one step; the finiteness check needs the raw arrays.
