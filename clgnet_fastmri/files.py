@@ -182,7 +182,7 @@ def h5_output(path: PathLike, shown: Optional[PathLike] = None) -> Iterator[h5py
         try:
             with open(tmp, "rb") as f:
                 found = _h5_digest(f)
-        except OSError:
+        except (OSError, KeyError, ValueError, RuntimeError):
             raise _unverified(shown, "it is not readable as HDF5") from None
         if found != expected:
             raise _unverified(shown, "its datasets differ from what was written")
