@@ -182,8 +182,8 @@ def _download_imagenet(path: Path, *, progress: bool) -> None:
     fix = (
         f"download {IMAGENET_URL} on a machine with internet access and put it at {path} "
         "(the torch hub cache; TORCH_HOME moves it), or pass a local copy of that file as "
-        "weights=<path> (a state dict of torchvision's vgg19 or of its `features`), or use "
-        "weights=None for random initialisation (no ImageNet prior)"
+        "--vgg_weights PATH (weights=<path>; a state dict of torchvision's vgg19 or of its "
+        "`features`), or use --vgg_weights random (weights=None; no ImageNet prior)"
     )
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S):
