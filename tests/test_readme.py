@@ -60,13 +60,8 @@ def test_usage_is_a_complete_walk_through():
     commands = usage_commands(README.read_text())
     subcommands = [c.split()[1] for c in commands]
     assert all(c.startswith("clgnet-fastmri ") for c in commands)
-    assert subcommands == ["make-data", "train", "train", "predict", "evaluate", "bench"]
-
-
-_EVALUATE_V2 = (
-    "evaluate does not yet match predict --v2_names file names to their targets "
-    "(issue 15 item 3, fixed on another branch)"
-)
+    assert subcommands == ["make-data", "train", "train", "predict", "evaluate", "bench",
+                           "bench"]
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +98,6 @@ def test_usage_command_runs_as_written(command, workdir, readme_env):
         stderr=subprocess.STDOUT, text=True,
     )
     output = result.stdout
-    if (result.returncode != 0 and command.startswith("clgnet-fastmri evaluate")
-            and "prediction file is missing" in output):
-        pytest.xfail(_EVALUATE_V2)  # to be removed once evaluate matches _v2 names
     if result.returncode != 0:
         _failed.append(command)
     assert result.returncode == 0, f"{command}\nexit {result.returncode}\n{output[-3000:]}"
