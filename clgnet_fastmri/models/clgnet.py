@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .reference import GLOBAL_MODULES, ReferenceBranch, ReferenceCLGNet, make_body
-from .sfl import SFRIR, _rows
+from .sfl import SFRIR, _rows, conv3x3
 
 __all__ = ["GLOBAL_MODULES", "Branch", "CLGNet", "make_body"]
 
@@ -57,7 +57,7 @@ class Branch(ReferenceBranch):
                                   mix.to(weight.dtype)).reshape(weight.shape)
         if blocks is None:
             blocks = F.pixel_unshuffle(x, 2)
-        return F.conv2d(blocks, weight, self.head.bias, padding=1)
+        return conv3x3(blocks, weight, self.head.bias)
 
     def _up_tail(self, z: Tensor) -> Tensor:
         mix = None if self.idwt is None else self.idwt.block_matrix
@@ -70,7 +70,7 @@ class Branch(ReferenceBranch):
             weight = torch.einsum("kciuv,kq->cqiuv", weight.unflatten(0, (4, -1)), mix)
             weight = weight.reshape(self.tail.weight.shape)
             bias = torch.einsum("kc,kq->cq", bias.unflatten(0, (4, -1)), mix).reshape(-1)
-        return F.pixel_shuffle(F.conv2d(z, weight, bias, padding=1), 2)
+        return F.pixel_shuffle(conv3x3(z, weight, bias), 2)
 
 
 class CLGNet(ReferenceCLGNet):

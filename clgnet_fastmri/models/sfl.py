@@ -17,6 +17,8 @@ faster form:
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -24,6 +26,7 @@ from torch import Tensor
 from .reference import ReferenceFourierUnit, ReferenceSFL, ReferenceSFRB, ReferenceSFRIR
 
 _CHANNELS_LAST = torch.channels_last
+_convolution_backward = torch.ops.aten.convolution_backward
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -39,6 +42,43 @@ def _add_pointwise_conv_(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
     rows = out.permute(0, 2, 3, 1).view(out.shape[0], -1, out.shape[1])
     rows.baddbmm_(_rows(x).to(out.dtype), weight.t().to(out.dtype).expand(out.shape[0], -1, -1))
     return out
+
+
+class _Conv3x3(torch.autograd.Function):
+    """``F.conv2d(x, weight, bias, padding=1)`` whose weight gradient is taken from NCHW
+    copies of ``x`` and the output gradient: on CPU, oneDNN's channels_last weight gradient
+    is several times slower than its NCHW one, and more than the two copies cost."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, weight = ctx.saved_tensors
+        geometry = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)  # stride, padding, dilation, ...
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _convolution_backward(grad, x, weight, None, *geometry,
+                                           [True, False, False])[0]
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            _, grad_w, grad_b = _convolution_backward(
+                grad.contiguous(), x.contiguous(), weight.contiguous(), [weight.shape[0]],
+                *geometry, [False, ctx.needs_input_grad[1], ctx.has_bias])
+        return grad_x, grad_w, grad_b
+
+
+def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """``F.conv2d(x, weight, bias, padding=1)``; for channels_last CPU training without
+    autocast through ``_Conv3x3`` (same gradient, faster)."""
+    if (x.device.type == "cpu" and torch.is_grad_enabled() and x.dim() == 4
+            and x.is_contiguous(memory_format=_CHANNELS_LAST)
+            and not torch.is_autocast_enabled("cpu")):
+        return _Conv3x3.apply(x, weight, bias)
+    return F.conv2d(x, weight, bias, padding=1)
 
 
 def _column_scale(like: Tensor, width: int, value: float) -> Tensor:
@@ -137,7 +177,7 @@ class SFL(ReferenceSFL):
         # fuse_local(local(x)) + fuse.bias is itself one 3x3 convolution:
         weight = torch.mm(fuse_local, self.local.weight.flatten(1)).view_as(self.local.weight)
         bias = torch.addmv(self.fuse.bias, fuse_local, self.local.bias)
-        out = F.conv2d(x, weight.contiguous(memory_format=_CHANNELS_LAST), bias, padding=1)
+        out = conv3x3(x, weight.contiguous(memory_format=_CHANNELS_LAST), bias)
         return _add_pointwise_conv_(out, self.fourier(x), fuse_global)
 
 
@@ -157,4 +197,4 @@ class SFRIR(ReferenceSFRIR):
     sfrb = SFRB
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(self.blocks(x)).add_(x)
+        return conv3x3(self.blocks(x), self.conv.weight, self.conv.bias).add_(x)
