@@ -131,9 +131,9 @@ class _ImageRows(torch.autograd.Function):
 class FourierUnit(ReferenceFourierUnit):
     """``ReferenceFourierUnit`` on channels_last rows: one row per pixel or frequency.
 
-    ``B x C x H x W -> B x C x H x W``, a channels_last view, float32 (float64 for float64
-    inputs). Spectral channel order ``[re_0, im_0, re_1, im_1, ...]`` is the interleaving of
-    ``view_as_real``, so the 2C reals of a frequency are one contiguous row.
+    ``B x C x H x W -> B x C x H x W`` in float32 (float64 for float64 inputs), in the memory
+    layout torch's FFT returns. Spectral channel order ``[re_0, im_0, re_1, im_1, ...]`` is
+    the interleaving of ``view_as_real``, so the 2C reals of a frequency are one row.
     """
 
     def forward(self, x: Tensor) -> Tensor:
