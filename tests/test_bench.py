@@ -13,7 +13,7 @@ from torch import nn
 
 from clgnet_fastmri import cli
 from clgnet_fastmri.bench.quality import parse_spec
-from clgnet_fastmri.bench.speed import count_flops
+from clgnet_fastmri.bench.speed import count_flops, timed
 from clgnet_fastmri.errors import UserError
 
 
@@ -25,6 +25,15 @@ def test_flop_count_includes_the_ops_clgnet_and_attention_use():
     q = torch.zeros(1, 2, 16, 4)  # B x heads x N x d: QK^T and AV, 2 * N * N * d each
     flops = count_flops(lambda: nn.functional.scaled_dot_product_attention(q, q, q))
     assert flops == 2 * (2 * 2 * 16 * 16 * 4)
+
+
+def test_timed_calls_are_interleaved_after_each_ones_warm_up():
+    order = []
+    calls = [lambda: order.append("unet"), lambda: order.append("clgnet")]
+    results = timed(calls, warmup=2, repeats=3, device=torch.device("cpu"))
+    assert len(results) == 2 and all(seconds >= 0 for seconds, _ in results)
+    # warm-up calls and the peak-memory call of each model, then rounds of one call each
+    assert order == ["unet"] * 3 + ["clgnet"] * 3 + ["unet", "clgnet"] * 3
 
 
 @pytest.mark.slow
