@@ -22,25 +22,25 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
-from torch import nn
 from fastmri.data.subsample import create_mask_for_mask_type
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch import nn
 
+from .checkpoints import AtomicCheckpointIO, check_fits, describe, load_module, read_checkpoint
 from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
 from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
-from .checkpoints import AtomicCheckpointIO, check_fits, describe, load_module, read_checkpoint
 from .errors import UserError
-from .files import atomic_output, ensure_writable_dir, remove_partials
 from .evaluate import format_table, score_folder, write_json
 from .extensions import enabled_extension, extensions
 from .figures import collect_slices, save_figure
-from .predict import reconstruct, write_volume
+from .files import atomic_output, ensure_writable_dir, remove_partials
 from .losses import imagenet_weights_available, imagenet_weights_path
 from .pl_modules.clgnet_module import CLGNetModule
 from .pl_modules.data_module import CLGNetDataModule
+from .predict import reconstruct, write_volume
 from .settings import ACCELERATORS, MASK_TYPES, MAX_ACCELERATION, PRECISIONS, signature_kwargs
 
 log = logging.getLogger(__name__)

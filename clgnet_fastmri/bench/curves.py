@@ -54,10 +54,10 @@ from ..checkpoints import AtomicCheckpointIO
 from ..data.transforms import CLGNetDataTransform
 from ..errors import UserError
 from ..files import atomic_output, ensure_writable_dir
+from ..models.registry import UNET, VARIANTS
 from ..pl_modules.data_module import CLGNetDataModule
 from .quality import _train_args as quality_train_args
 from .quality import build_module, parse_spec, run_name
-from ..models.registry import UNET, VARIANTS
 
 DEFAULT_MODELS = ("unet", "clgnet", "no-cl", "no-sfl")
 ANATOMIES = ("knee", "brain")
