@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -350,3 +350,21 @@ def swap_into_place(staging: Path, out: Path, names: List[str]) -> None:
             except OSError:
                 pass
         raise
+
+
+def check_output_root(out: Path, names: Sequence[str], overwrite: bool,
+                      staging_prefix: str) -> None:
+    """``out`` is a folder or absent; not empty (staging folders aside) only with
+    ``overwrite``; each of ``names`` in it is a folder or absent. For commands that write
+    whole split folders into a dataset root (``make-data``, ``convert``)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another output path")
+    if out.is_dir():
+        present = [p for p in out.iterdir() if not p.name.startswith(staging_prefix)]
+        if present and not overwrite:
+            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
+                            f"{', '.join(names)} folders (nothing else is touched)")
+        for name in names:
+            p = out / name
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                raise UserError(f"{p}: exists and is not a folder; move it away first")

@@ -57,7 +57,7 @@ from ..files import atomic_output, ensure_writable_dir
 from ..models.registry import UNET, VARIANTS
 from ..pl_modules.data_module import CLGNetDataModule
 from .quality import _train_args as quality_train_args
-from .quality import build_module, parse_spec, run_name
+from .quality import add_training_arguments, build_module, parse_spec, run_name
 
 DEFAULT_MODELS = ("unet", "clgnet", "no-cl", "no-sfl")
 ANATOMIES = ("knee", "brain")
@@ -80,7 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image size of the built-in set")
     parser.add_argument("--data_path", type=Path, default=None,
                         help="fastMRI data root (<challenge>_train, <challenge>_val)")
-    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
     parser.add_argument("--eval-every", type=int, default=100,
                         help="optimiser steps between two validation points")
     parser.add_argument("--max-steps", type=int, default=6000,
@@ -96,14 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "fifth of the steps (0: never)")
     parser.add_argument("--min-steps", type=int, default=1000,
                         help="no plateau stop before this many steps")
-    parser.add_argument("--acceleration", type=int, default=4)
-    parser.add_argument("--center-fraction", type=float, default=0.08)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--vgg-weights", default="auto",
-                        help="as 'clgnet-fastmri train --vgg_weights'")
+    add_training_arguments(parser)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 makes CPU seconds comparable)")
     parser.add_argument("--output-dir", type=Path, default=None,

@@ -48,7 +48,7 @@ from fastmri.data.subsample import create_mask_for_mask_type
 from tqdm import tqdm
 
 from ..errors import DataError, UserError
-from ..files import ensure_writable_dir, h5_output, swap_into_place
+from ..files import check_output_root, ensure_writable_dir, h5_output, swap_into_place
 from . import cc359, nifti
 from .header import ismrmrd_header
 from .synthetic import center_fraction
@@ -330,20 +330,6 @@ def _count(n: int, noun: str, width: int = 4) -> str:
     return f"{n:{width}d} {noun}{'s' if n != 1 else ' '}"
 
 
-def _check_output(out: Path, names: Sequence[str], overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another output path")
-    if out.is_dir():
-        present = [p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)]
-        if present and not overwrite:
-            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
-                            f"{', '.join(names)} folders (nothing else is touched)")
-        for name in names:
-            p = out / name
-            if p.is_symlink() or (p.exists() and not p.is_dir()):
-                raise UserError(f"{p}: exists and is not a folder; move it away first")
-
-
 def _check_options(args: argparse.Namespace) -> Tuple[Tuple[float, ...], MaskSpec]:
     split = tuple(args.split) if args.split else DEFAULT_SPLIT[args.format]
     if len(split) != 3 or min(split) < 0 or sum(split) <= 0:
@@ -418,7 +404,7 @@ def convert(args: argparse.Namespace) -> ConvertSummary:
     names = {s: f"{challenge}_{s}" for s in SPLITS if by_split[s]}
     if "test" in names:
         names["test_gt"] = f"{challenge}_test_gt"
-    _check_output(out, list(names.values()), args.overwrite)
+    check_output_root(out, list(names.values()), args.overwrite, _STAGING_PREFIX)
     created = not out.exists()
     out = ensure_writable_dir(out)
     for stale in out.glob(f"{_STAGING_PREFIX}*.partial"):  # left by a killed run

@@ -38,7 +38,7 @@ from fastmri.data.subsample import RandomMaskFunc
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..files import ensure_writable_dir, h5_output, swap_into_place
+from ..files import check_output_root, ensure_writable_dir, h5_output, swap_into_place
 from .brain_phantom import Brain
 from .checks import TARGET_KEYS
 from .knee_phantom import Knee
@@ -497,22 +497,6 @@ def _check_accelerations(accelerations, cols: int) -> Tuple[int, ...]:
     return tuple(int(a) for a in accs)
 
 
-def _check_output_dir(out: Path, names: List[str], overwrite: bool) -> None:
-    """``out`` is a folder or absent; not empty only with ``overwrite``; ``names`` in it are
-    folders or absent."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another output path")
-    if out.is_dir():
-        present = [p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)]
-        if present and not overwrite:
-            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
-                            f"{', '.join(names)} folders (nothing else is touched)")
-        for name in names:
-            p = out / name
-            if p.is_symlink() or (p.exists() and not p.is_dir()):
-                raise UserError(f"{p}: exists and is not a folder; move it away first")
-
-
 def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
                  challenge: str = "singlecoil", splits: Optional[Mapping[str, int]] = None,
                  num_slices: Optional[int] = None, size: Optional[int] = None,
@@ -548,7 +532,7 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
     if "test" in counts:
         names["test_gt"] = f"{challenge}_test_gt"
     out = Path(out_dir)
-    _check_output_dir(out, list(names.values()), overwrite)
+    check_output_root(out, list(names.values()), overwrite, _STAGING_PREFIX)
     created = not out.exists()
     out = ensure_writable_dir(out)
     started = time.perf_counter()
