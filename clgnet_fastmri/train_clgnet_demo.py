@@ -3,7 +3,9 @@
 Run as ``clgnet-fastmri train ...`` or ``python -m clgnet_fastmri.train_clgnet_demo ...``.
 The arguments mirror fastmri's demo (``--challenge``, ``--data_path``, ``--mask_type``,
 ``--center_fractions``, ``--accelerations``, ``--mode train|test``, ...) with Lightning 2's
-Trainer options spelled out, since ``Trainer.from_argparse_args`` no longer exists.
+Trainer options spelled out, since ``Trainer.from_argparse_args`` no longer exists. The model
+options are ``CLGNetModule.add_model_specific_args``; installed training extensions
+(``clgnet_fastmri.extensions``, e.g. ``--banding``) add theirs.
 
 Without ``--data_path`` it is a self-contained demo: it generates the built-in synthetic
 knee set into a cache folder, trains a short run, tests the best checkpoint, and prints the
@@ -22,25 +24,26 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import pytorch_lightning as pl
-from torch import nn
 from fastmri.data.subsample import create_mask_for_mask_type
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from torch import nn
 
+from . import cli
+from .checkpoints import AtomicCheckpointIO, check_fits, describe, load_module, read_checkpoint
 from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
 from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
-from .checkpoints import AtomicCheckpointIO, check_fits, describe, load_module, read_checkpoint
 from .errors import UserError
-from .files import atomic_output, ensure_writable_dir, remove_partials
 from .evaluate import format_table, score_folder, write_json
 from .extensions import enabled_extension, extensions
 from .figures import collect_slices, save_figure
-from .predict import reconstruct, write_volume
+from .files import atomic_output, ensure_writable_dir, remove_partials
 from .losses import imagenet_weights_available, imagenet_weights_path
 from .pl_modules.clgnet_module import CLGNetModule
 from .pl_modules.data_module import CLGNetDataModule
+from .predict import reconstruct, write_volume
 from .settings import ACCELERATORS, MASK_TYPES, MAX_ACCELERATION, PRECISIONS, signature_kwargs
 
 log = logging.getLogger(__name__)
@@ -388,9 +391,7 @@ def test(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
