@@ -3,7 +3,9 @@
 Run as ``clgnet-fastmri train ...`` or ``python -m clgnet_fastmri.train_clgnet_demo ...``.
 The arguments mirror fastmri's demo (``--challenge``, ``--data_path``, ``--mask_type``,
 ``--center_fractions``, ``--accelerations``, ``--mode train|test``, ...) with Lightning 2's
-Trainer options spelled out, since ``Trainer.from_argparse_args`` no longer exists.
+Trainer options spelled out, since ``Trainer.from_argparse_args`` no longer exists. The model
+options are ``CLGNetModule.add_model_specific_args``; installed training extensions
+(``clgnet_fastmri.extensions``, e.g. ``--banding``) add theirs.
 
 Without ``--data_path`` it is a self-contained demo: it generates the built-in synthetic
 knee set into a cache folder, trains a short run, tests the best checkpoint, and prints the
@@ -27,6 +29,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import nn
 
+from . import cli
 from .checkpoints import AtomicCheckpointIO, check_fits, describe, load_module, read_checkpoint
 from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
@@ -393,9 +396,7 @@ def test(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def test_bench_quality_trains_scores_and_tabulates(knee_data, tmp_path, capsys):
                      "clgnet:lr=1e-3,alpha=0", "--output-dir", str(root)])
     assert code == 0
     runs = json.loads((root / "quality.json").read_text())["runs"]
-    assert [r["run"] for r in runs] == ["unet", "no-cl", "no-sfl", "clgnet_lr=0.001_alpha=0"]
+    # Overrides are typed as the module's arguments: alpha is a float.
+    assert [r["run"] for r in runs] == ["unet", "no-cl", "no-sfl", "clgnet_lr=0.001_alpha=0.0"]
     for run in runs:
         assert run["steps"] == 1 and run["num_volumes"] == 2  # the val split, scored
         assert all(math.isfinite(run["mean"][m]) for m in ("NMSE", "PSNR", "SSIM"))
@@ -81,7 +82,7 @@ def test_bench_quality_trains_scores_and_tabulates(knee_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Table 3 (ablations):" in out  # w/o SFL and w/o L_CL
     assert "Table 1 (baseline):" not in out  # needs the unmodified CLGNet beside U-Net
-    assert "| w/o SFL = CLGNet_non |" in out and "| CLGNet, lr=0.001, alpha=0 |" in out
+    assert "| w/o SFL = CLGNet_non |" in out and "| CLGNet, lr=0.001, alpha=0.0 |" in out
 
 
 def test_quality_model_specs_are_checked():
@@ -92,6 +93,8 @@ def test_quality_model_specs_are_checked():
         parse_spec("resnet")
     with pytest.raises(UserError, match="key=value"):
         parse_spec("clgnet:lr")
+    with pytest.raises(UserError, match="chans: must be an integer in"):
+        parse_spec("clgnet:chans=0")
 
 
 def test_bench_needs_a_subcommand(capsys):
