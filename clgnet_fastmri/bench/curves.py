@@ -28,8 +28,8 @@ Choices:
   step); data loading, validation and checkpointing are excluded for every model alike. CPU
   seconds are the process's CPU time over the same intervals: with ``--threads 1`` they are
   robust to other work on the machine, wall seconds are not.
-- Plateau PSNR in the summary: the mean validation PSNR (and SSIM) over the last fifth of a
-  run's steps.
+- The summary's PSNR and SSIM: their means over the last fifth of a run's steps, which is its
+  plateau when the run stopped at one (``stopped`` says why each run ended).
 """
 
 from __future__ import annotations
@@ -343,8 +343,9 @@ def _plateau(points: Sequence[Dict[str, float]]) -> Dict[str, float]:
 def format_summary(rows: Sequence[Dict[str, Any]], clock: str = "cpu") -> str:
     """A Markdown table of ``summarize``'s rows, times in minutes of ``clock``."""
     field, unit = CLOCKS[clock], f"{clock} min"
-    lines = [f"| model | stopped | steps | {unit} | plateau PSNR | plateau SSIM | "
-             "reaches U-Net's plateau at |", "|---|---|---|---|---|---|---|"]
+    # "last fifth": a plateau where the run stopped at one, else where its budget ended.
+    lines = [f"| model | stopped | steps | {unit} | PSNR, last fifth | SSIM, last fifth | "
+             "reaches U-Net's last-fifth PSNR at |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         reach = r.get("reach_unet")
         when = ("never" if reach is None else
