@@ -16,11 +16,9 @@ class OrientationAdversary(nn.Module):
     the paper: no target, no input.
 
     Choices the paper leaves open (it uses a shallow ResNet): a small plain CNN, cheap next
-    to the reconstruction network (0.25 GMac per 320 x 320 image at the defaults, against
-    22 for CLGNet), and shallow: global average pooling over features with a small
-    receptive field makes it a detector of local orientation statistics, where a deeper
-    network memorised the anatomy of a small training set instead (on 192 streaked 32 x 32
-    knee slices, 2 stride-2 stages reached 0.93-0.99 held-out accuracy, 4 stages 0.55-0.66):
+    to the reconstruction network, and shallow: global average pooling over features with a
+    small receptive field makes it a detector of local orientation statistics, where a
+    deeper network memorises the anatomy of a small training set instead:
 
     * each image is standardised (zero mean, unit standard deviation over its pixels), as
       fastMRI's code does before its adversary, so intensity scale is no cue;

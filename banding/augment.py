@@ -17,13 +17,11 @@ no trace of the flip. The augmentation must act before undersampling, on k-space
 What the flip changes besides the artefacts' direction: only the anatomy's orientation
 relative to the undersampling. fastMRI knee k-space is 640 x 368 with the readout (rows) 2x
 oversampled, so a transposed slice is undersampled along the oversampled axis. That changes
-little, since a 4x mask still drops three quarters of the k-space lines of either axis: on
-the synthetic knee set at 64 and 128 pixels, cropping the oversampling away before the flip
-moved the zero-filled error by 0 to 8 %. This module transposes the k-space as it is, as
-fastMRI's code does. The anatomy matters more: a coronal knee has more energy at high
-frequencies across its long bones than along them, so the zero-filled RMS error of a
-transposed synthetic knee slice is about 0.55 times that of the same slice as acquired (4x
-random mask). A reconstruction whose residual artefacts follow the phase-encoding direction
+little, since a 4x mask still drops three quarters of the k-space lines of either axis, so
+this module transposes the k-space as it is, as fastMRI's code does. The anatomy matters
+more: a coronal knee has more energy at high frequencies across its long bones than along
+them, so the zero-filled error of a transposed slice is smaller than that of the same slice
+as acquired. A reconstruction whose residual artefacts follow the phase-encoding direction
 in strength as well as in direction therefore also gives the label away; removing that is
 part of what the adversary asks of the network.
 """

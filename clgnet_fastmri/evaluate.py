@@ -4,10 +4,12 @@ The numbers are those of ``fastmri.evaluate.evaluate()``: the same metric functi
 (``fastmri.evaluate.METRIC_FUNCS``: MSE, NMSE, PSNR and SSIM of each whole volume, with the
 volume's maximum as the peak value), the same centre crop to the target's width, the same
 acquisition/acceleration filters, and runstats for mean and spread. What this adds:
-per-volume numbers, a table and a JSON file, a message naming any prediction file that is
-missing or misshapen instead of an h5py traceback (fastmri's own ``python -m
-fastmri.evaluate`` also crashes when printing on today's numpy), and a BANDING column
-(``banding.metric.banding_score``, in dB: error energy in streaks along the phase-encoding
+per-volume numbers, a table and a strict JSON file, a message naming any volume that cannot
+be scored (a prediction missing, misshapen, complex or not finite; a target not finite or
+all zero; a metric that comes out infinite) instead of an h5py traceback or a NaN mean
+(fastmri's own ``python -m fastmri.evaluate`` also crashes when printing on today's numpy),
+predictions found under fastMRI's ``_v2`` names, and a BANDING column
+(``clgnet_fastmri.metrics.banding_score``, in dB: error energy in streaks along the phase-encoding
 direction, the image width, over that across it; 0 = no banding). It costs one FFT of each
 volume, well under the cost of SSIM, so it is always reported.
 """
@@ -15,20 +17,27 @@ volume, well under the cost of SSIM, so it is always reported.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import numpy as np
 from fastmri.data.transforms import center_crop
 from fastmri.evaluate import METRIC_FUNCS
 from runstats import Statistics
 
-from .data.checks import TARGET_KEYS, check_challenge, list_volumes, open_h5, require_dataset
+from .data.checks import (
+    TARGET_KEYS,
+    check_challenge,
+    list_volumes,
+    open_h5,
+    require_dataset,
+    submission_name,
+)
 from .errors import DataError, UserError
-from .files import atomic_output
+from .files import refuse_overlap
+from .files import write_json as write_json_file
 from .metrics import banding_score
 
 ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK", "AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR")
@@ -42,6 +51,8 @@ class EvaluationResult:
 
     volumes: Dict[str, Dict[str, float]] = field(default_factory=dict)
     stats: Dict[str, Statistics] = field(default_factory=dict)
+    skipped: Dict[str, str] = field(default_factory=dict)  # target name -> why
+    matched_v2: List[str] = field(default_factory=list)  # targets scored against NAME_v2.h5
 
     def add(self, name: str, values: Mapping[str, float]) -> None:
         # fastmri's ssim returns a 1-element array (what breaks `python -m fastmri.evaluate`).
@@ -64,6 +75,8 @@ class EvaluationResult:
             "mean": self.means(),
             "stddev": self.stddevs(),
             "volumes": self.volumes,
+            "skipped": self.skipped,
+            "matched_v2": self.matched_v2,
         }
 
 
@@ -80,8 +93,12 @@ def evaluate_folder(
     acceleration: Optional[int] = None,
     acquisition: Optional[str] = None,
     extra_metrics: Optional[Mapping[str, MetricFunc]] = None,
+    skip_nonfinite: bool = False,
 ) -> EvaluationResult:
     """Score every target volume against the prediction file of the same name.
+
+    The prediction of target ``NAME.h5`` is ``NAME.h5`` or, failing that, fastMRI's
+    ``NAME_v2.h5`` (``predict --v2_names``); both present is an error.
 
     Args:
         target_path: Folder of ground-truth files (``reconstruction_esc`` or ``_rss``).
@@ -89,14 +106,22 @@ def evaluate_folder(
         challenge: "singlecoil" or "multicoil", which picks the target key.
         acceleration, acquisition: Only score targets with these attributes, as fastmri does.
         extra_metrics: More ``f(target, recons) -> float`` columns, computed on the same crop.
+        skip_nonfinite: Leave out (and list in ``skipped``) a volume whose target holds NaN
+            or Inf or is all zero, or whose metrics are not finite, instead of raising. A
+            prediction with NaN or Inf is always an error: skipping it would flatter the
+            method.
 
     Raises:
-        DataError: naming the file, for a missing or unreadable prediction, a missing key, or
-            a slice count or size that does not match the target.
+        DataError: naming the file, for a missing, ambiguous or unreadable prediction, a
+            missing key, a slice count or size that does not match the target, a complex
+            or non-finite prediction, and (without ``skip_nonfinite``) a target or metric
+            that cannot be scored.
     """
     recons_key = TARGET_KEYS[check_challenge(challenge)]
     metric_funcs: Dict[str, MetricFunc] = {**METRIC_FUNCS, **(extra_metrics or {})}
     predictions_path = Path(predictions_path)
+    if not predictions_path.is_dir():
+        raise DataError(predictions_path, "predictions folder not found", "check the path")
     result = EvaluationResult()
     for target_file in list_volumes(target_path, "target"):
         with open_h5(target_file) as hf:
@@ -104,17 +129,84 @@ def evaluate_folder(
                 continue
             if acceleration and _attr(hf, "acceleration", target_file) != acceleration:
                 continue
-            target = require_dataset(
+            target = _real(require_dataset(
                 hf, recons_key, target_file, (3,), f"{challenge} targets hold '{recons_key}'"
-            )[()]
-        recons = read_reconstruction(predictions_path / target_file.name, target.shape)
-        target, recons = crop_pair(target, recons)
-        result.add(
-            target_file.name, {name: func(target, recons) for name, func in metric_funcs.items()}
-        )
+            ), target_file)
+        prediction = prediction_file(predictions_path, target_file.name, result)
+        recons = read_reconstruction(prediction, target.shape)
+        try:
+            problem = _target_problem(target, recons_key)
+            if problem:
+                raise DataError(target_file, problem, _SKIP_FIX)
+            target, recons = crop_pair(target, recons)
+            values = {name: func(target, recons) for name, func in metric_funcs.items()}
+            _check_metrics(values, prediction)
+        except DataError as exc:
+            if not skip_nonfinite:
+                raise
+            result.skipped[target_file.name] = str(exc)
+            continue
+        result.add(target_file.name, values)
     if not result.volumes:
-        raise UserError(f"{target_path}: no target volume matches the acquisition/acceleration filter")
+        if result.skipped:
+            raise UserError(
+                f"{target_path}: every volume was skipped as not finite; nothing to score"
+            )
+        raise UserError(
+            f"{target_path}: no target volume matches the acquisition/acceleration filter"
+        )
     return result
+
+
+_SKIP_FIX = "repair or remove it, or pass --skip-nonfinite to leave it out"
+
+
+def prediction_file(folder: Path, name: str, result: EvaluationResult) -> Path:
+    """``folder/name``, or ``folder/NAME_v2.h5`` (recorded in ``result.matched_v2``)."""
+    plain, v2 = folder / name, folder / submission_name(name, True)
+    if v2 == plain or not v2.exists():
+        if not plain.is_file():
+            also = "" if v2 == plain else f" (nor {v2.name})"
+            raise DataError(plain, f"prediction file is missing{also}",
+                            "every target volume needs one")
+        return plain
+    if plain.exists():
+        raise DataError(
+            v2, f"and {plain.name} are both there, predictions of the same target {name}",
+            "keep one of them",
+        )
+    result.matched_v2.append(name)
+    return v2
+
+
+def _real(data, path: Path) -> np.ndarray:
+    """The dataset's values, refused when they are not real numbers."""
+    if data.dtype.kind == "c":
+        raise DataError(
+            path, f"'{data.name.lstrip('/')}' is complex ({data.dtype})",
+            "write the magnitude image (abs) as float32",
+        )
+    if data.dtype.kind not in "fiu":
+        raise DataError(path, f"'{data.name.lstrip('/')}' has dtype {data.dtype}, not a real "
+                        "number type", "write float32 images")
+    return data[()]
+
+
+def _target_problem(target: np.ndarray, key: str) -> Optional[str]:
+    if not np.isfinite(target).all():
+        return f"'{key}' contains NaN or Inf values"
+    if not target.any():
+        return f"'{key}' is all zero, so PSNR and NMSE are undefined"
+    return None
+
+
+def _check_metrics(values: Mapping[str, float], prediction: Path) -> None:
+    for name, value in values.items():
+        if not np.isfinite(np.squeeze(value)):
+            why = " (the prediction equals the target)" if not values.get("MSE", 1) else ""
+            raise DataError(prediction, f"{name} is {float(np.squeeze(value))}{why}",
+                            "a non-finite score cannot be averaged; pass --skip-nonfinite "
+                            "to leave the volume out")
 
 
 def read_reconstruction(path: Path, target_shape: tuple) -> np.ndarray:
@@ -122,9 +214,9 @@ def read_reconstruction(path: Path, target_shape: tuple) -> np.ndarray:
     if not path.is_file():
         raise DataError(path, "prediction file is missing", "every target volume needs one")
     with open_h5(path) as hf:
-        recons = require_dataset(
+        recons = _real(require_dataset(
             hf, "reconstruction", path, (3,), "predictions hold a (slices, H, W) 'reconstruction'"
-        )[()]
+        ), path)
     if recons.shape[0] != target_shape[0]:
         raise DataError(
             path, f"has {recons.shape[0]} slices, the target has {target_shape[0]}"
@@ -169,8 +261,8 @@ def format_table(result: EvaluationResult) -> str:
 
 
 def write_json(result: EvaluationResult, path: os.PathLike, **context) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps({**context, **result.to_json()}, indent=2) + "\n")
+    """The results as strict JSON (every value finite: ``evaluate_folder`` makes sure)."""
+    write_json_file(path, {**context, **result.to_json()})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -186,6 +278,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="JSON file for the results (default: <predictions-path>_metrics.json beside the "
         "folder, so the submission folder holds only reconstructions)",
     )
+    parser.add_argument(
+        "--skip-nonfinite", action="store_true",
+        help="leave out (and list) volumes whose target is not finite or all zero, or whose "
+        "metrics are not finite, instead of stopping",
+    )
 
 
 def score_folder(
@@ -194,21 +291,40 @@ def score_folder(
     challenge: str,
     acceleration: Optional[int] = None,
     acquisition: Optional[str] = None,
+    skip_nonfinite: bool = False,
 ) -> EvaluationResult:
     """``evaluate_folder`` plus the BANDING column: what ``evaluate`` and the demo report."""
     return evaluate_folder(target_path, predictions_path, challenge, acceleration, acquisition,
-                           extra_metrics={"BANDING": banding_score})
+                           extra_metrics={"BANDING": banding_score},
+                           skip_nonfinite=skip_nonfinite)
+
+
+def metrics_path(predictions_path: Path) -> Path:
+    """``<predictions-path>_metrics.json`` beside the predictions folder (``.`` included)."""
+    folder = Path(predictions_path).resolve()
+    if not folder.name:
+        raise UserError(f"--predictions-path {predictions_path}: name the JSON file with --output")
+    return folder.with_name(folder.name + "_metrics.json")
 
 
 def run(args: argparse.Namespace) -> int:
+    output = args.output or metrics_path(args.predictions_path)
+    refuse_overlap({"--output": output}, {"--target-path": args.target_path,
+                                          "--predictions-path": args.predictions_path})
+    if output.is_dir():
+        raise UserError(f"{output}: is a folder; --output names the JSON file to write")
     result = score_folder(
         args.target_path, args.predictions_path, args.challenge, args.acceleration,
-        args.acquisition
+        args.acquisition, skip_nonfinite=args.skip_nonfinite,
     )
+    if result.matched_v2:
+        shown = ", ".join(submission_name(n, True) for n in result.matched_v2[:3])
+        more = f" and {len(result.matched_v2) - 3} more" if len(result.matched_v2) > 3 else ""
+        print(f"matched {len(result.matched_v2)} predictions to their targets by fastMRI's "
+              f"_v2 rule (NAME_v2.h5 for NAME.h5): {shown}{more}")
+    for name, why in result.skipped.items():
+        print(f"skipped {name}: {why}")
     print(format_table(result))
-    output = args.output or args.predictions_path.with_name(
-        args.predictions_path.name + "_metrics.json"
-    )
     write_json(
         result,
         output,

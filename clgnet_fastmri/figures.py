@@ -12,6 +12,7 @@ from fastmri.evaluate import psnr, ssim
 
 from .data.checks import open_h5
 from .data.mri_data import CheckedSliceDataset
+from .errors import UserError
 from .files import atomic_output
 
 
@@ -73,7 +74,9 @@ def collect_slices(
     return views
 
 
-def save_figure(views: Sequence[SliceView], path: os.PathLike, model_name: str = "CLGNet") -> List[str]:
+def save_figure(
+    views: Sequence[SliceView], path: os.PathLike, model_name: str = "CLGNet"
+) -> List[str]:
     """Write a PNG with one row per slice; returns the panel titles, row by row.
 
     Columns: ground truth, zero-filled input, reconstruction (PSNR/SSIM against the ground
@@ -97,7 +100,8 @@ def save_figure(views: Sequence[SliceView], path: os.PathLike, model_name: str =
         panels = [
             (view.target, f"ground truth\n{view.name}", view.maxval),
             (view.zero_filled, f"zero-filled\n{view.scores(view.zero_filled)}", view.maxval),
-            (view.reconstruction, f"{model_name}\n{view.scores(view.reconstruction)}", view.maxval),
+            (view.reconstruction, f"{model_name}\n{view.scores(view.reconstruction)}",
+             view.maxval),
             (error_zf, "|zero-filled - truth|", error_max),
             (error_model, f"|{model_name} - truth|", error_max),
         ]
@@ -107,7 +111,23 @@ def save_figure(views: Sequence[SliceView], path: os.PathLike, model_name: str =
             ax.axis("off")
             titles.append(title)
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        with atomic_output(path, verify=_check_png) as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
     return titles
+
+
+_PNG_START = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def _check_png(path: Path) -> None:
+    """A PNG ends with its IEND chunk: a file cut short by a failed write does not."""
+    with open(path, "rb") as f:
+        start = f.read(len(_PNG_START))
+        f.seek(max(0, path.stat().st_size - len(_PNG_END)))
+        end = f.read()
+    if start != _PNG_START or end != _PNG_END:
+        raise UserError(f"{path}: the figure written is not a complete PNG; check the disk")

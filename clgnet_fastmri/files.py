@@ -1,22 +1,44 @@
-"""Writing outputs so that an interruption never leaves a half-written file behind."""
+"""Writing outputs so that no file under a final name is ever incomplete, wrong or lost.
+
+Every output is written under a hidden temporary name in its final folder, flushed to disk
+with errors checked, verified where that is cheap, and only then renamed into place. A full
+disk (or any other failed write) ends with a ``UserError`` naming the path, and leaves no
+new file under a final name.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import io
+import json
 import os
+import shutil
 import tempfile
+import zlib
 from pathlib import Path
-from typing import Iterator, Union
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+import h5py
+import numpy as np
 
 from .errors import UserError
 
+PathLike = Union[str, os.PathLike]
 
-def ensure_writable_dir(path: Union[str, os.PathLike]) -> Path:
+# A failed write whose exception carries no errno (torch.save's C++ writer raises a
+# RuntimeError) is put down to a full disk when less than this is left on it.
+_NEARLY_FULL = 1 << 20
+
+
+def ensure_writable_dir(path: PathLike) -> Path:
     """Create ``path`` (and parents) if needed and check that files can be written in it."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if _no_space(exc, path.parent):
+            raise _no_space_error(path) from None
         raise UserError(
             f"{path}: cannot create the output folder ({exc.strerror}); "
             "choose a folder you can write to"
@@ -37,22 +59,31 @@ def _current_umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
+def atomic_output(
+    path: PathLike,
+    verify: Optional[Callable[[Path], None]] = None,
+    shown: Optional[PathLike] = None,
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
     The temporary file lives in the same folder (so the final ``os.replace`` is atomic on
     POSIX file systems, which a move from the system temp folder is not when it crosses file
     systems) and starts with ``.`` and ends with ``.partial`` so that folder scans never pick
-    it up. Its content is flushed to disk before the rename. On any exception, including
-    ``KeyboardInterrupt``, it is removed. A process killed with SIGKILL can leave a
-    ``.*.partial`` file, never a file under the final name.
+    it up. After the caller has written it: ``fsync`` (its errors are raised, not ignored),
+    ``verify(tmp)`` if given (raise to refuse the file), rename, ``fsync`` of the folder. On
+    any exception, including ``KeyboardInterrupt``, the temporary file is removed; a full
+    disk becomes a ``UserError`` naming ``shown`` (default ``path``). A process killed with
+    SIGKILL can leave a ``.*.partial`` file, never a file under the final name.
     """
     path = Path(path)
+    shown = Path(shown or path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     except OSError as exc:
+        if _no_space(exc, path.parent):
+            raise _no_space_error(shown) from None
         raise UserError(
-            f"{path}: cannot write there ({exc.strerror}); choose a folder you can write to"
+            f"{shown}: cannot write there ({exc.strerror}); choose a folder you can write to"
         ) from None
     os.close(fd)
     tmp_path = Path(tmp)
@@ -61,20 +92,34 @@ def atomic_output(path: Union[str, os.PathLike]) -> Iterator[Path]:
         # mkstemp creates the file private (0600); give the result the usual permissions.
         os.chmod(tmp_path, 0o666 & ~_current_umask())
         _fsync(tmp_path)
+        if verify is not None:
+            verify(tmp_path)
         os.replace(tmp_path, path)
-    except BaseException:
+        _fsync(path.parent)
+    except BaseException as exc:
+        # Before the temporary file is removed: it may be what filled the disk.
+        full = _no_space(exc, path.parent)
         tmp_path.unlink(missing_ok=True)
+        if full:
+            raise _no_space_error(shown) from None
         raise
 
 
-def remove_partials(folder: Union[str, os.PathLike], name: str = "*") -> None:
-    """Delete the temporary files that ``atomic_output`` left in ``folder`` for outputs called
-    ``name`` (a glob) when a process writing them was killed: SIGKILL gives it no chance to
-    clean up."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for stale in folder.glob(f".{name}.*.partial"):
-            stale.unlink(missing_ok=True)
+def _no_space(exc: BaseException, folder: Path) -> bool:
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, (OSError, RuntimeError)):
+        try:
+            return shutil.disk_usage(folder).free < _NEARLY_FULL
+        except OSError:
+            return False
+    return False
+
+
+def _no_space_error(path: Path) -> UserError:
+    return UserError(
+        f"{path}: no space left on {path.parent}; free some space there or write elsewhere"
+    )
 
 
 def _fsync(path: Path) -> None:
@@ -83,3 +128,243 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _write_all(path: Path, data: memoryview) -> None:
+    """Write ``data`` to ``path`` with plain ``os.write`` calls, so that every error (a full
+    disk above all) is raised, short writes included."""
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    try:
+        while data:
+            data = data[os.write(fd, data):]
+    finally:
+        os.close(fd)
+
+
+def write_bytes(path: PathLike, data: bytes, verify: Optional[Callable[[Path], None]] = None,
+                shown: Optional[PathLike] = None) -> None:
+    """Write ``data`` to ``path`` atomically; the file is read back and compared."""
+    expected = zlib.crc32(data)
+
+    def check(tmp: Path) -> None:
+        if zlib.crc32(tmp.read_bytes()) != expected:
+            raise _unverified(Path(shown or path), "its content")
+        if verify is not None:
+            verify(tmp)
+
+    with atomic_output(path, check, shown) as tmp:
+        _write_all(tmp, memoryview(data))
+
+
+def write_json(path: PathLike, obj: Any) -> None:
+    """Write ``obj`` as strict JSON (NaN and Infinity refused, as strict parsers do)."""
+    text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
+    write_bytes(path, text.encode())
+
+
+@contextlib.contextmanager
+def h5_output(path: PathLike, shown: Optional[PathLike] = None) -> Iterator[h5py.File]:
+    """Yield an HDF5 file built in memory; on success write it to ``path`` and verify it.
+
+    libhdf5 does not report a failed write to the caller: h5py swallows the error when the
+    file is closed (and libhdf5 can then crash the process), leaving a valid-looking file of
+    zeros. So the file is built in memory, where writes cannot fail, and its bytes are
+    written with ``_write_all``, which raises. Before the rename the written file is opened
+    again and every dataset's shape, dtype and CRC-32 compared with what was built.
+    """
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as hf:
+        yield hf
+    expected = _h5_digest(buffer)
+    shown = Path(shown or path)
+
+    def check(tmp: Path) -> None:
+        try:
+            with open(tmp, "rb") as f:
+                found = _h5_digest(f)
+        except (OSError, KeyError, ValueError, RuntimeError):
+            raise _unverified(shown, "it is not readable as HDF5") from None
+        if found != expected:
+            raise _unverified(shown, "its datasets differ from what was written")
+
+    with atomic_output(path, check, shown) as tmp:
+        _write_all(tmp, buffer.getbuffer())
+
+
+def _h5_digest(file: Any) -> Dict[str, Tuple[Tuple[int, ...], str, int]]:
+    digest = {}
+    with h5py.File(file, "r") as hf:
+
+        def visit(name: str, item: Any) -> None:
+            if isinstance(item, h5py.Dataset):
+                data = np.ascontiguousarray(item[()])
+                digest[name] = (item.shape, item.dtype.str, zlib.crc32(data.tobytes()))
+
+        hf.visititems(visit)
+        digest["/attrs"] = ((), "", zlib.crc32(repr(sorted(hf.attrs.items())).encode()))
+    return digest
+
+
+def _unverified(path: Path, what: str) -> UserError:
+    return UserError(
+        f"{path}: the file written does not read back as written ({what}); "
+        "check the disk and write again"
+    )
+
+
+def write_volume(path: PathLike, volume: np.ndarray, shown: Optional[PathLike] = None) -> None:
+    """One reconstruction file of a submission: dataset ``reconstruction`` (slices, H, W)."""
+    with h5_output(path, shown) as hf:
+        hf.create_dataset("reconstruction", data=volume)
+
+
+def save_reconstructions(reconstructions: Mapping[str, np.ndarray], out_dir: PathLike) -> None:
+    """``fastmri.save_reconstructions`` (same arguments and files), written by ``write_volume``."""
+    out_dir = ensure_writable_dir(out_dir)
+    for fname, recons in reconstructions.items():
+        write_volume(out_dir / fname, recons)
+
+
+def remove_partials(folder: PathLike, name: str = "*") -> None:
+    """Delete the temporary files and folders left in ``folder`` for outputs called ``name``
+    (a glob) when a process writing them was killed: SIGKILL gives it no chance to clean up."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for stale in folder.glob(f".{name}.*.partial"):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
+def _previous(final: Path) -> Path:
+    return final.with_name(f".{final.name}.previous")
+
+
+def recover_folder(final: PathLike) -> None:
+    """Finish what ``staged_folder`` was doing when a process was killed during its swap.
+
+    Killed between its two renames, the old folder is only under its ``.NAME.previous``
+    name: it is put back. Killed after them, the new folder is complete: the old one goes.
+    """
+    final = Path(final)
+    previous = _previous(final)
+    if previous.is_dir():
+        if final.exists():
+            shutil.rmtree(previous)
+        else:
+            os.rename(previous, final)
+
+
+@contextlib.contextmanager
+def staged_folder(final: PathLike) -> Iterator[Path]:
+    """Yield an empty hidden folder beside ``final``; on success it replaces ``final``.
+
+    Whatever is written into it (and checked) takes the place of ``final`` only when the
+    block ends without an error: ``final`` moves aside to ``.NAME.previous``, the new folder
+    is renamed to ``final``, the old one is deleted. An error leaves ``final`` untouched;
+    a kill during the swap is repaired by ``recover_folder``.
+    """
+    final = Path(final)
+    try:
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{final.name}.staging.", suffix=".partial", dir=final.parent)
+        )
+    except OSError as exc:
+        if _no_space(exc, final.parent):
+            raise _no_space_error(final) from None
+        raise UserError(
+            f"{final.parent}: cannot write there ({exc.strerror}); choose another output"
+        ) from None
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~_current_umask())
+        previous = _previous(final)
+        if final.exists():
+            os.rename(final, previous)
+        try:
+            os.rename(staging, final)
+        except BaseException:
+            if previous.exists():
+                os.rename(previous, final)
+            raise
+        _fsync(final.parent)
+        if previous.exists():
+            shutil.rmtree(previous)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def refuse_overlap(
+    outputs: Mapping[str, Optional[PathLike]], inputs: Mapping[str, Optional[PathLike]]
+) -> None:
+    """Raise a ``UserError`` if an output path is, lies inside, or contains an input path.
+
+    Keys are the option names shown to the user (``--output``); paths are compared after
+    resolving symbolic links, so a link to the input folder counts as the input folder.
+    """
+    for out_option, out_path in outputs.items():
+        if out_path is None:
+            continue
+        out = Path(out_path).resolve()
+        for in_option, in_path in inputs.items():
+            if in_path is None:
+                continue
+            source = Path(in_path).resolve()
+            if out == source:
+                relation = "is"
+            elif source in out.parents:
+                relation = "is inside"
+            elif out in source.parents:
+                relation = "contains"
+            else:
+                continue
+            raise UserError(
+                f"{out_path}: {out_option} {relation} the input {in_option} {in_path}, "
+                "which writing it would overwrite or mix with output; choose a path outside it"
+            )
+
+
+def swap_into_place(staging: Path, out: Path, names: List[str]) -> None:
+    """Move the staged split folders into ``out``, replacing (only) those folders."""
+    aside = staging / ".replaced"
+    aside.mkdir()
+    moved, placed = [], []
+    try:
+        for name in names:
+            if (out / name).exists():
+                os.rename(out / name, aside / name)
+                moved.append(name)
+        for name in names:
+            os.rename(staging / name, out / name)
+            placed.append(name)
+    except BaseException:
+        for name in placed:  # undo, best effort: the user's old folders come back
+            try:
+                os.rename(out / name, staging / name)
+            except OSError:
+                pass
+        for name in moved:
+            try:
+                os.rename(aside / name, out / name)
+            except OSError:
+                pass
+        raise
+
+
+def check_output_root(out: Path, names: Sequence[str], overwrite: bool,
+                      staging_prefix: str) -> None:
+    """``out`` is a folder or absent; not empty (staging folders aside) only with
+    ``overwrite``; each of ``names`` in it is a folder or absent. For commands that write
+    whole split folders into a dataset root (``make-data``, ``convert``)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; choose another output path")
+    if out.is_dir():
+        present = [p for p in out.iterdir() if not p.name.startswith(staging_prefix)]
+        if present and not overwrite:
+            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
+                            f"{', '.join(names)} folders (nothing else is touched)")
+        for name in names:
+            p = out / name
+            if p.is_symlink() or (p.exists() and not p.is_dir()):
+                raise UserError(f"{p}: exists and is not a folder; move it away first")

@@ -4,22 +4,22 @@ Runs a trained CLGNet (or fastmri U-Net or VarNet of ``train --model``) over a t
 challenge folder (k-space already masked, no targets)
 and writes one HDF5 file per volume with a float32 ``reconstruction`` of shape (slices, H, W)
 at the header's reconSpace size, under the input's file names (or fastmri's ``_v2`` names),
-plus a zip of exactly those files to upload. Before it reports success, it checks the whole
-submission against the input folder. Every file (volumes, zip, figure) is written under a
-temporary name and renamed into place when complete, so an interrupted run never leaves a
-half-written file.
+plus a zip of exactly those files to upload. The whole submission (volumes and zip) is
+written into a hidden staging folder beside the output, checked against the input folder,
+and only then swapped into place: an error, Ctrl-C or a full disk leaves no new file under a
+final name and any previous submission (``--overwrite``) and its zip as they were.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import xml.etree.ElementTree as etree
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
-
-import xml.etree.ElementTree as etree
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -31,22 +31,28 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoints import load_recorded
-from .data.checks import TARGET_KEYS, list_volumes, open_h5, target_folder
+from .data.checks import (
+    TARGET_KEYS,
+    list_volumes,
+    open_h5,
+    submission_name,
+    target_folder,
+)
 from .data.mri_data import CheckedSliceDataset
 from .data.transforms import CLGNetDataTransform
 from .errors import DataError, UserError
 from .figures import collect_slices, save_figure
-from .files import atomic_output, ensure_writable_dir, remove_partials
+from .files import (
+    atomic_output,
+    recover_folder,
+    refuse_overlap,
+    remove_partials,
+    staged_folder,
+    write_volume,
+)
 from .pl_modules.kinds import KINDS, ModelKind
 
 log = logging.getLogger(__name__)
-
-
-def submission_name(name: str, v2_names: bool) -> str:
-    """``file1000.h5`` -> ``file1000_v2.h5`` for the public knee leaderboard (fastmri's rule)."""
-    if v2_names and not name.endswith("_v2.h5"):
-        return name[: -len(".h5")] + "_v2.h5" if name.endswith(".h5") else name + "_v2"
-    return name
 
 
 def reconstruct(
@@ -144,14 +150,6 @@ def _stack(slices: Dict[int, np.ndarray]) -> np.ndarray:
     return np.stack([slices[k] for k in sorted(slices)]).astype(np.float32)
 
 
-def write_volume(path: Path, volume: np.ndarray) -> None:
-    import h5py
-
-    with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as hf:
-            hf.create_dataset("reconstruction", data=volume)
-
-
 def expected_shape(path: Path, challenge: str) -> Tuple[int, int, int]:
     """(slices, H, W) that a reconstruction of input ``path`` must have.
 
@@ -190,18 +188,40 @@ def check_submission(
                 raise DataError(target, "has no 'reconstruction' dataset")
             recons = hf["reconstruction"]
             if recons.shape != shape:
-                raise DataError(target, f"reconstruction has shape {recons.shape}, expected {shape}")
+                raise DataError(
+                    target, f"reconstruction has shape {recons.shape}, expected {shape}"
+                )
             if recons.dtype != np.float32:
-                raise DataError(target, f"reconstruction has dtype {recons.dtype}, expected float32")
+                raise DataError(
+                    target, f"reconstruction has dtype {recons.dtype}, expected float32"
+                )
             if not np.isfinite(recons[()]).all():
                 raise DataError(target, "reconstruction contains NaN or Inf values")
         names.append(name)
     return names
 
 
-def write_zip(path: Path, folder: Path, names: List[str]) -> None:
-    """A zip of exactly ``names`` from ``folder``, flat (no directories inside)."""
-    with atomic_output(path) as tmp:
+def write_zip(path: Path, folder: Path, names: List[str], shown: Optional[Path] = None) -> None:
+    """A zip of exactly ``names`` from ``folder``, flat (no directories inside).
+
+    Verified before it is renamed into place: its directory (at the end of the file) lists
+    exactly ``names`` with their sizes, so the write reached the end.
+    """
+    sizes = {name: (folder / name).stat().st_size for name in names}
+
+    def check(tmp: Path) -> None:
+        try:
+            with zipfile.ZipFile(tmp) as archive:
+                found = {info.filename: info.file_size for info in archive.infolist()}
+        except (zipfile.BadZipFile, OSError):
+            found = None
+        if found != sizes:
+            raise UserError(
+                f"{shown or path}: the zip written does not read back as written; "
+                "check the disk and run again"
+            )
+
+    with atomic_output(path, check, shown) as tmp:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for name in names:
                 archive.write(folder / name, arcname=name)
@@ -240,27 +260,39 @@ def predict(
     ``model_dtype`` converts the network (pure bfloat16/float16), ``autocast_dtype`` runs it
     under autocast instead.
     """
+    output = check_output_name(output)
+    zip_path = zip_path_of(output) if make_zip else None
+    check_outputs(output, zip_path, figure, overwrite,
+                  {"--data_path": data_path, "--target_path": target_path,
+                   "--checkpoint": checkpoint})
     kind, model = load_for_prediction(checkpoint, challenge, allow_challenge_mismatch)
     if model_dtype is not None and kind.name == "varnet":
         raise UserError(f"{checkpoint}: fastmri's VarNet runs its FFTs in the weights' dtype, "
                         "which cannot be bfloat16/float16; use --precision bf16-mixed")
+    check_finite_weights(model, checkpoint)
     if model_dtype is not None:
         model = model.to(model_dtype)
-    # Left by an export killed midway: they are not output.
-    remove_partials(output)
-    remove_partials(output.parent, output.with_suffix(".zip").name)
-    if output.is_dir() and any(output.iterdir()) and not overwrite:
-        raise UserError(f"{output}: the output folder is not empty; pass --overwrite")
     dataset, image_dataset = prediction_datasets(kind, data_path, challenge, mask_func)
-    ensure_writable_dir(output)
-    for fname, volume in reconstruct(
-        model, dataset, batch_size, num_workers, device, autocast_dtype, progress
-    ):
-        write_volume(output / submission_name(fname, v2_names), volume)
-    names = check_submission(output, data_path, challenge, v2_names)
-    zip_path = output.with_suffix(".zip") if make_zip else None
+    # Hidden inside the staging folder, so that it travels with it; renamed to zip_path
+    # right after the swap.
+    pending_zip = f".{output.name}.zip.partial"
+    with staged_folder(output) as staging:
+        for fname, volume in reconstruct(
+            model, dataset, batch_size, num_workers, device, autocast_dtype, progress
+        ):
+            name = submission_name(fname, v2_names)
+            if not np.isfinite(volume).all():
+                raise DataError(
+                    Path(data_path) / fname,
+                    "the reconstruction holds NaN or Inf values",
+                    f"is the checkpoint {checkpoint} broken?",
+                )
+            write_volume(staging / name, volume, shown=output / name)
+        names = check_submission(staging, data_path, challenge, v2_names)
+        if zip_path:
+            write_zip(staging / pending_zip, staging, names, shown=zip_path)
     if zip_path:
-        write_zip(zip_path, output, names)
+        os.replace(output / pending_zip, zip_path)
     targets = target_folder(data_path, challenge, target_path)
     if figure is None or targets is None:
         figure = None
@@ -284,8 +316,85 @@ PRECISIONS = {
 }
 
 
+def zip_path_of(output: Path) -> Path:
+    return output.with_name(output.name + ".zip")
+
+
+def check_output_name(output: Path) -> Path:
+    """``output`` if it names a folder of its own (not ``.``, ``..`` or ``/``)."""
+    if Path(output).name in ("", ".", ".."):
+        raise UserError(
+            f"--output {output}: give the submission folder a name of its own (e.g. "
+            "--output submission); the zip is written beside it as NAME.zip"
+        )
+    return Path(output)
+
+
+def check_outputs(
+    output: Path,
+    zip_path: Optional[Path],
+    figure: Optional[Path],
+    overwrite: bool,
+    inputs: Dict[str, Optional[Path]],
+) -> None:
+    """Everything about the outputs that can be refused before any work.
+
+    No output may be, lie inside or contain an input. ``--overwrite`` replaces only a
+    previous submission: a folder of ``.h5`` files (which is all ``predict`` writes there).
+    """
+    refuse_overlap({"--output": output, "the zip": zip_path, "--figure": figure}, inputs)
+    # Left by an export killed midway: they are not output.
+    recover_folder(output)
+    remove_partials(output.parent, f"{output.name}.staging")
+    remove_partials(output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output}: exists and is not a folder; choose another --output")
+    if output.is_dir():
+        entries = [p for p in output.iterdir() if not p.name.startswith(".")]
+        if entries and not overwrite:
+            raise UserError(f"{output}: the output folder is not empty; pass --overwrite")
+        foreign = [p for p in entries if p.suffix != ".h5" or not p.is_file()]
+        if foreign:
+            raise UserError(
+                f"{output}: holds {foreign[0].name}, which is not part of a submission; "
+                "--overwrite replaces only a folder of .h5 reconstructions, choose another "
+                "--output"
+            )
+    old_zip = zip_path_of(output)
+    if old_zip.exists():
+        if zip_path is None:
+            raise UserError(
+                f"{old_zip}: would no longer match the new submission; remove it or drop "
+                "--no_zip"
+            )
+        if not overwrite:
+            raise UserError(f"{old_zip}: exists; pass --overwrite")
+        if not old_zip.is_file():
+            raise UserError(f"{old_zip}: exists and is not a file; move it or pass --no_zip")
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(
+            f"{output}: cannot create the output folder ({exc.strerror}); "
+            "choose a folder you can write to"
+        ) from None
+    if not os.access(output.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{output}: cannot write in {output.parent}; choose a folder you can "
+                        "write to")
+
+
+def check_finite_weights(model: nn.Module, checkpoint: Path) -> None:
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(
+                f"{checkpoint}: weight {name} holds NaN or Inf values (the training "
+                "diverged); use an earlier checkpoint"
+            )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a .ckpt of clgnet-fastmri train")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a .ckpt of clgnet-fastmri train")
     parser.add_argument("--data_path", type=Path, required=True,
                         help="folder of fastMRI files to reconstruct (test/challenge split)")
     parser.add_argument("--output", type=Path, required=True,
@@ -318,6 +427,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_name(args.output)
     mask_func = None
     if args.accelerations or args.center_fractions:
         if not (args.accelerations and args.center_fractions):

@@ -6,6 +6,8 @@ The arguments mirror fastmri's demos (``--challenge``, ``--data_path``, ``--mask
 ``--center_fractions``, ``--accelerations``, ``--mode train|test``, the models' own options,
 ``--resume_from_checkpoint``, ``--gpus``) with Lightning 2's Trainer options spelled out,
 since ``Trainer.from_argparse_args`` no longer exists.
+Installed training extensions (``clgnet_fastmri.extensions``, e.g. ``--banding``) add
+their options.
 
 Without ``--data_path`` it is a self-contained demo: it generates the built-in synthetic
 knee set into a cache folder, trains a short run, tests the best checkpoint, and prints the
@@ -29,6 +31,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 from torch import nn
 
+from . import cli
 from .checkpoints import (
     AtomicCheckpointIO,
     RecordRun,
@@ -485,9 +488,7 @@ def test(
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -34,6 +34,23 @@ def multicoil_data(tmp_path_factory) -> Path:
     )
 
 
+@pytest.fixture(scope="session")
+def tiny() -> dict:
+    """``CLGNetModule`` arguments of the tiny model the tests train: every part of CLGNet and
+    its loss present (random VGG19, no download), a fit of a few slices in seconds."""
+    return dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None, k_negatives=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_argv(tiny) -> list:
+    """The same tiny model as ``clgnet-fastmri train`` options, with a quiet batch-2 loader in
+    the main process and the CSV logger."""
+    model = [arg for name, value in tiny.items()
+             for arg in (f"--{name}", "random" if value is None else str(value))]
+    return [*model, "--batch_size", "2", "--num_workers", "0", "--no_progress_bar",
+            "--logger", "csv"]
+
+
 @pytest.fixture
 def make_trainer():
     """``make_trainer(root, **overrides)``: a quiet 1-epoch CPU Trainer for tiny fits (no

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import functools
 import json
@@ -10,6 +11,7 @@ import math
 import os
 import subprocess
 import sys
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import fastmri
@@ -17,6 +19,7 @@ import h5py
 import numpy as np
 import pytest
 import pytorch_lightning as pl
+import tomllib
 import torch
 from fastmri.data import transforms as T
 from fastmri.data.subsample import RandomMaskFunc
@@ -39,8 +42,6 @@ from clgnet_fastmri.errors import UserError
 from clgnet_fastmri.evaluate import evaluate_folder
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
 from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
-
-TINY_CLGNET = dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None, k_negatives=2)
 
 # The installed package declares the extension as an entry point (pyproject.toml); register it
 # directly too, so these tests run against a checkout whose install predates the declaration.
@@ -295,10 +296,10 @@ def _logged(run: pl.Trainer) -> dict:
 
 @pytest.mark.slow
 def test_adversarial_fit_logs_finite_losses_and_checkpoint_loads(
-    knee_data, tmp_path, make_trainer
+    knee_data, tmp_path, make_trainer, tiny
 ):
     pl.seed_everything(0)
-    model = BandingCLGNetModule(**TINY_CLGNET, adversary_warmup_epochs=1, adversary_strength=1.0)
+    model = BandingCLGNetModule(**tiny, adversary_warmup_epochs=1, adversary_strength=1.0)
     run = make_trainer(tmp_path, max_epochs=2, logger=CSVLogger(tmp_path, name="logs"))
     run.fit(model, datamodule=banding_data(knee_data))
     # 2 volumes x 3 slices, batch 2: 3 batches an epoch, two optimiser steps each.
@@ -331,10 +332,10 @@ def test_adversarial_fit_logs_finite_losses_and_checkpoint_loads(
 
 
 @pytest.mark.slow
-def test_resume_restores_both_optimisers_and_the_schedule(knee_data, tmp_path, make_trainer):
+def test_resume_restores_both_optimisers_and_the_schedule(knee_data, tmp_path, make_trainer, tiny):
     pl.seed_everything(0)
     first = make_trainer(tmp_path, max_epochs=1)
-    first.fit(BandingCLGNetModule(**TINY_CLGNET, adversary_warmup_epochs=0),
+    first.fit(BandingCLGNetModule(**tiny, adversary_warmup_epochs=0),
               datamodule=banding_data(knee_data))
     path = tmp_path / "epoch1.ckpt"
     first.save_checkpoint(path)
@@ -353,7 +354,7 @@ def test_resume_restores_both_optimisers_and_the_schedule(knee_data, tmp_path, m
             )
 
     second = make_trainer(tmp_path, max_epochs=2, callbacks=[Capture()])
-    second.fit(BandingCLGNetModule(**TINY_CLGNET, adversary_warmup_epochs=0),
+    second.fit(BandingCLGNetModule(**tiny, adversary_warmup_epochs=0),
                datamodule=banding_data(knee_data), ckpt_path=path, weights_only=True)
     assert len(restored["optimizers"]) == 2
     for now, then in zip(restored["optimizers"], saved["optimizer_states"]):
@@ -369,8 +370,8 @@ def _max_abs(tensors) -> float:
     return max(t.abs().max().item() for t in tensors)
 
 
-def test_updates_are_isolated_from_each_other():
-    model = BandingCLGNetModule(**TINY_CLGNET)
+def test_updates_are_isolated_from_each_other(tiny):
+    model = BandingCLGNetModule(**tiny)
     recon = list(model.clgnet.parameters())
     adversary = list(model.adversary.parameters())
     image = torch.randn(2, 16, 16)
@@ -388,11 +389,11 @@ def test_updates_are_isolated_from_each_other():
                     if g is not None) > 0
 
 
-def test_training_step_never_mixes_the_two_updates(knee_data, tmp_path, make_trainer):
+def test_training_step_never_mixes_the_two_updates(knee_data, tmp_path, make_trainer, tiny):
     """In the real training loop: the adversary's backward adds nothing to the network's
     gradients, the network's backward adds nothing to the adversary's, and the network's
     step leaves the adversary's weights as its own step left them."""
-    model = BandingCLGNetModule(**TINY_CLGNET, adversary_warmup_epochs=0, adversary_strength=1.0)
+    model = BandingCLGNetModule(**tiny, adversary_warmup_epochs=0, adversary_strength=1.0)
     recon = list(model.clgnet.parameters())
     adversary = list(model.adversary.parameters())
     seen = {"adversary_steps": 0, "recon_steps": 0}
@@ -441,12 +442,12 @@ def test_training_step_never_mixes_the_two_updates(knee_data, tmp_path, make_tra
     assert seen["adversary_steps"] == seen["recon_steps"] == 3
 
 
-def test_training_needs_oriented_batches(knee_data, tmp_path, make_trainer):
+def test_training_needs_oriented_batches(knee_data, tmp_path, make_trainer, tiny):
     dm = banding_data(knee_data)
     dm.train_transform = CLGNetDataTransform("singlecoil", RandomMaskFunc([0.08], [4]), False)
     with pytest.raises(TypeError, match="RandomTranspose"):
         make_trainer(tmp_path, limit_val_batches=0).fit(
-            BandingCLGNetModule(**TINY_CLGNET), datamodule=dm
+            BandingCLGNetModule(**tiny), datamodule=dm
         )
 
 
@@ -466,13 +467,13 @@ def test_unet_baseline_trains_with_the_adversary(knee_data, tmp_path, make_train
 def _demo_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     train_clgnet_demo.add_arguments(parser)
-    return parser.parse_args(["--chans", "4", "--num_sfrir", "1", "--num_sfrb", "1",
-                              "--vgg_weights", "random", "--num_workers", "0", *argv])
+    return parser.parse_args(argv)
 
 
-def test_demo_banding_option_builds_the_module_and_the_augmentation(knee_data):
-    args = _demo_args("--data_path", str(knee_data), "--banding", "--adversary_strength", "0.5",
-                      "--adversary_warmup_epochs", "3", "--crop_size", "24", "24")
+def test_demo_banding_option_builds_the_module_and_the_augmentation(knee_data, tiny, tiny_argv):
+    args = _demo_args(*tiny_argv, "--data_path", str(knee_data), "--banding",
+                      "--adversary_strength", "0.5", "--adversary_warmup_epochs", "3",
+                      "--crop_size", "24", "24")
     model = train_clgnet_demo.build_module(args)
     assert isinstance(model, BandingCLGNetModule)
     assert (model.hparams.adversary_strength, model.hparams.adversary_warmup_epochs) == (0.5, 3)
@@ -480,7 +481,7 @@ def test_demo_banding_option_builds_the_module_and_the_augmentation(knee_data):
     transform = train_clgnet_demo.build_data_module(args).train_transform
     assert isinstance(transform, RandomTranspose) and transform.crop_size == (24, 24)
 
-    plain = _demo_args("--data_path", str(knee_data))
+    plain = _demo_args(*tiny_argv, "--data_path", str(knee_data))
     assert type(train_clgnet_demo.build_module(plain)) is CLGNetModule
     assert type(train_clgnet_demo.build_data_module(plain).train_transform) is \
         CLGNetDataTransform
@@ -489,14 +490,14 @@ def test_demo_banding_option_builds_the_module_and_the_augmentation(knee_data):
     with pytest.raises(UserError, match="square"):
         train_clgnet_demo.build_module(args)
     with pytest.raises(ValueError):
-        BandingCLGNetModule(**TINY_CLGNET, adversary_strength=-1.0)
+        BandingCLGNetModule(**tiny, adversary_strength=-1.0)
 
 
-def test_gradient_clipping_applies_to_each_update(knee_data, tmp_path, make_trainer):
+def test_gradient_clipping_applies_to_each_update(knee_data, tmp_path, make_trainer, tiny):
     """Lightning refuses Trainer(gradient_clip_val) under manual optimisation; the module's
     own option clips the norm of each update's gradients before its step."""
     clip = 1e-3
-    model = BandingCLGNetModule(**TINY_CLGNET, adversary_warmup_epochs=0, gradient_clip_val=clip)
+    model = BandingCLGNetModule(**tiny, adversary_warmup_epochs=0, gradient_clip_val=clip)
     norms = []
 
     class Record(pl.Callback):
@@ -587,3 +588,30 @@ def test_ddp_keeps_both_networks_in_step_across_ranks(knee_data, tmp_path):
     assert refused.returncode != 0
     assert "ddp_find_unused_parameters_true" in refused.stderr
     assert "UserError" in refused.stderr
+
+
+def test_banding_is_a_declared_training_extension(monkeypatch):
+    """pyproject.toml declares the entry point the training command discovers; discovery
+    from it alone (as after ``pip install``) enables ``--banding``."""
+    pyproject = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    declared = pyproject["project"]["entry-points"][extensions.GROUP]
+    assert declared == {"banding": "banding.extension:EXTENSION"}
+    point = EntryPoint("banding", declared["banding"], extensions.GROUP)
+    monkeypatch.setattr(extensions, "entry_points",
+                        lambda group: [point] if group == extensions.GROUP else [])
+    monkeypatch.setattr(extensions, "_registered", {})
+    monkeypatch.setattr(extensions, "_discovered", False)
+    assert extensions.extensions() == [EXTENSION]
+    parser = argparse.ArgumentParser()
+    train_clgnet_demo.add_arguments(parser)
+    assert extensions.enabled_extension(parser.parse_args(["--banding"])) is EXTENSION
+    assert extensions.enabled_extension(parser.parse_args([])) is None
+
+
+def test_clgnet_fastmri_never_imports_banding():
+    package = Path(__file__).parents[1] / "clgnet_fastmri"
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            assert not any(n.split(".")[0] == "banding" for n in names), path

@@ -13,7 +13,7 @@ from torch import nn
 
 from clgnet_fastmri import cli
 from clgnet_fastmri.bench.quality import parse_spec
-from clgnet_fastmri.bench.speed import count_flops
+from clgnet_fastmri.bench.speed import count_flops, timed
 from clgnet_fastmri.errors import UserError
 
 
@@ -25,6 +25,15 @@ def test_flop_count_includes_the_ops_clgnet_and_attention_use():
     q = torch.zeros(1, 2, 16, 4)  # B x heads x N x d: QK^T and AV, 2 * N * N * d each
     flops = count_flops(lambda: nn.functional.scaled_dot_product_attention(q, q, q))
     assert flops == 2 * (2 * 2 * 16 * 16 * 4)
+
+
+def test_timed_calls_are_interleaved_after_each_ones_warm_up():
+    order = []
+    calls = [lambda: order.append("unet"), lambda: order.append("clgnet")]
+    results = timed(calls, warmup=2, repeats=3, device=torch.device("cpu"))
+    assert len(results) == 2 and all(seconds >= 0 for seconds, _ in results)
+    # warm-up calls and the peak-memory call of each model, then rounds of one call each
+    assert order == ["unet"] * 3 + ["clgnet"] * 3 + ["unet", "clgnet"] * 3
 
 
 @pytest.mark.slow
@@ -63,7 +72,8 @@ def test_bench_quality_trains_scores_and_tabulates(knee_data, tmp_path, capsys):
                      "clgnet:lr=1e-3,alpha=0", "--output-dir", str(root)])
     assert code == 0
     runs = json.loads((root / "quality.json").read_text())["runs"]
-    assert [r["run"] for r in runs] == ["unet", "no-cl", "no-sfl", "clgnet_lr=0.001_alpha=0"]
+    # Overrides are typed as the module's arguments: alpha is a float.
+    assert [r["run"] for r in runs] == ["unet", "no-cl", "no-sfl", "clgnet_lr=0.001_alpha=0.0"]
     for run in runs:
         assert run["steps"] == 1 and run["num_volumes"] == 2  # the val split, scored
         assert all(math.isfinite(run["mean"][m]) for m in ("NMSE", "PSNR", "SSIM"))
@@ -72,7 +82,7 @@ def test_bench_quality_trains_scores_and_tabulates(knee_data, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "Table 3 (ablations):" in out  # w/o SFL and w/o L_CL
     assert "Table 1 (baseline):" not in out  # needs the unmodified CLGNet beside U-Net
-    assert "| w/o SFL = CLGNet_non |" in out and "| CLGNet, lr=0.001, alpha=0 |" in out
+    assert "| w/o SFL = CLGNet_non |" in out and "| CLGNet, lr=0.001, alpha=0.0 |" in out
 
 
 def test_quality_model_specs_are_checked():
@@ -83,6 +93,8 @@ def test_quality_model_specs_are_checked():
         parse_spec("resnet")
     with pytest.raises(UserError, match="key=value"):
         parse_spec("clgnet:lr")
+    with pytest.raises(UserError, match="chans: must be an integer in"):
+        parse_spec("clgnet:chans=0")
 
 
 def test_bench_needs_a_subcommand(capsys):

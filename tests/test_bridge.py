@@ -12,6 +12,8 @@ One difference remains, and it is fastmri's: during validation the target is the
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import sys
 from pathlib import Path
 
@@ -29,8 +31,6 @@ from clgnet_fastmri.pl_modules.bridge import UnetModule, VarNetModule
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule, cosine_factor
 from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
 from clgnet_fastmri.train_clgnet_demo import build_logger
-
-TINY_CLGNET = dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None, k_negatives=2)
 
 
 def data_module(
@@ -67,19 +67,12 @@ def assert_bridge_metrics_are_official(logged: dict, target_dir: Path, recon_dir
     assert logged["val_metrics/ssim"] == pytest.approx(float(np.squeeze(means["SSIM"])), abs=5e-3)
 
 
-@pytest.mark.parametrize(
-    "make_model",
-    [
-        lambda: CLGNetModule(**TINY_CLGNET),
-        lambda: UnetModule(chans=4, num_pool_layers=2),
-    ],
-    ids=["clgnet", "fastmri-unet"],
-)
+@pytest.mark.parametrize("kind", ["clgnet", "fastmri-unet"])
 def test_fit_validate_test_and_metrics_equal_fastmri_evaluate(
-    knee_data, tmp_path, make_model, make_trainer
+    knee_data, tmp_path, kind, make_trainer, tiny
 ):
     pl.seed_everything(0)
-    model = make_model()
+    model = CLGNetModule(**tiny) if kind == "clgnet" else UnetModule(chans=4, num_pool_layers=2)
     dm = data_module(knee_data)
     run = make_trainer(tmp_path, logger=CSVLogger(tmp_path, name="logs"))
     run.fit(model, datamodule=dm)
@@ -98,13 +91,25 @@ def test_fit_validate_test_and_metrics_equal_fastmri_evaluate(
     assert "val_metrics/ssim" in metrics_csv
 
 
-def test_clgnet_logs_loss_parts(knee_data, tmp_path, make_trainer):
-    model = CLGNetModule(**TINY_CLGNET)
+def test_clgnet_logs_loss_parts(knee_data, tmp_path, make_trainer, tiny):
+    """Each step logs finite parts that add up: train_loss = train_l1 + alpha *
+    train_contrastive (paper Eq. 10)."""
+    model = CLGNetModule(**tiny)
     run = make_trainer(tmp_path, logger=CSVLogger(tmp_path, name="logs"))
     run.fit(model, datamodule=data_module(knee_data))
-    header = (Path(run.logger.log_dir) / "metrics.csv").read_text().splitlines()[0]
-    for name in ("train_loss", "train_l1", "train_contrastive", "validation_loss"):
-        assert name in header
+    with open(Path(run.logger.log_dir) / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert "validation_loss" in rows[0]
+    steps = [r for r in rows if r["train_loss"]]
+    assert len(steps) == run.global_step == 3
+    alpha = model.hparams.alpha
+    assert alpha > 0
+    for row in steps:
+        total, l1, contrastive = (float(row[k]) for k in
+                                  ("train_loss", "train_l1", "train_contrastive"))
+        assert all(math.isfinite(v) for v in (total, l1, contrastive)), row
+        assert l1 > 0 and contrastive > 0
+        assert total == pytest.approx(l1 + alpha * contrastive, rel=1e-5)
 
 
 def test_varnet_baseline_trains_through_bridge(multicoil_data, tmp_path, make_trainer):
@@ -121,10 +126,10 @@ def test_varnet_baseline_trains_through_bridge(multicoil_data, tmp_path, make_tr
     )
 
 
-def test_tensorboard_logger_gets_validation_images(knee_data, tmp_path, make_trainer):
+def test_tensorboard_logger_gets_validation_images(knee_data, tmp_path, make_trainer, tiny):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    model = CLGNetModule(**TINY_CLGNET, num_log_images=2)
+    model = CLGNetModule(**tiny, num_log_images=2)
     run = make_trainer(tmp_path, logger=TensorBoardLogger(tmp_path, name="tb"))
     run.fit(model, datamodule=data_module(knee_data))
     events = EventAccumulator(run.logger.log_dir, size_guidance={"images": 0})
@@ -135,19 +140,21 @@ def test_tensorboard_logger_gets_validation_images(knee_data, tmp_path, make_tra
     assert "val_metrics/psnr" in events.Tags()["scalars"]
 
 
-def test_csv_logger_path_runs_without_tensorboard(knee_data, tmp_path, monkeypatch, make_trainer):
+def test_csv_logger_path_runs_without_tensorboard(
+    knee_data, tmp_path, monkeypatch, make_trainer, tiny
+):
     # Make "import tensorboard" fail, as on a machine without it.
     monkeypatch.setitem(sys.modules, "tensorboard", None)
     logger = build_logger(None, tmp_path)
     assert isinstance(logger, CSVLogger)
-    model = CLGNetModule(**TINY_CLGNET, num_log_images=4)
+    model = CLGNetModule(**tiny, num_log_images=4)
     run = make_trainer(tmp_path, logger=logger)
     run.fit(model, datamodule=data_module(knee_data))
     assert "val_metrics/nmse" in (Path(logger.log_dir) / "metrics.csv").read_text()
 
 
-def test_checkpoint_holds_no_vgg_and_loads_safely(knee_data, tmp_path, make_trainer):
-    model = CLGNetModule(**TINY_CLGNET)
+def test_checkpoint_holds_no_vgg_and_loads_safely(knee_data, tmp_path, make_trainer, tiny):
+    model = CLGNetModule(**tiny)
     run = make_trainer(tmp_path, logger=False, enable_checkpointing=True)
     run.fit(model, datamodule=data_module(knee_data))
     path = tmp_path / "model.ckpt"

@@ -1,9 +1,9 @@
-"""CLGNet: the spec of DESIGN.md section 1, held against a literal re-implementation.
+"""CLGNet held against the paper's formulas written plainly (``models.reference``).
 
-The modules compute the paper's formulas in a rearranged, faster form (channels_last, 1x1
-convolutions as matrix products, the fuse convolution split and folded, Haar folded into the
-branch convolutions). ``_reference_*`` below is the formula written plainly, from the same
-parameters; the tests compare the two in float64.
+The fast modules compute the formulas in a rearranged form (channels_last, 1x1 convolutions
+as matrix products, the fuse convolution split and folded, Haar folded into the branch
+convolutions). Each is compared in float64 with its ``Reference*`` module loaded from the same
+state dict.
 """
 
 import copy
@@ -13,9 +13,19 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clgnet_fastmri.models import SFL, SFRB, SFRIR, CLGNet, FourierUnit
+from clgnet_fastmri.models import (
+    SFL,
+    SFRB,
+    SFRIR,
+    CLGNet,
+    FourierUnit,
+    ReferenceCLGNet,
+    ReferenceFourierUnit,
+    ReferenceSFL,
+    ReferenceSFRB,
+    ReferenceSFRIR,
+)
 from clgnet_fastmri.models.clgnet import _conv3x3_of_concat
-from clgnet_fastmri.models.sfl import _to_nchw
 
 
 def _tiny(**kwargs) -> CLGNet:
@@ -36,70 +46,34 @@ def _randomise_bn(model: torch.nn.Module) -> None:
             bn.bias.normal_()
 
 
-# --- the spec, written plainly -------------------------------------------------------------
-
-
-def _reference_fourier_unit(fu: FourierUnit, x):
-    if not fu.spectral:
-        return F.relu(fu.bn(fu.conv(x)))
-    b, c, h, w = x.shape
-    spec = torch.fft.rfft2(x, norm="ortho")
-    z = torch.stack([spec.real, spec.imag], dim=2).reshape(b, 2 * c, h, -1)  # re_0, im_0, ...
-    z = F.relu(fu.bn(fu.conv(z))).reshape(b, c, 2, h, -1)
-    return torch.fft.irfft2(torch.complex(z[:, :, 0], z[:, :, 1]), s=(h, w), norm="ortho")
-
-
-def _reference_sfl(sfl: SFL, x):
-    return sfl.fuse(torch.cat([sfl.local(x), _reference_fourier_unit(sfl.fourier, x)], dim=1))
-
-
-def _reference_sfrb(sfrb: SFRB, x):
-    return x + _reference_sfl(sfrb.sfl2, F.relu(_reference_sfl(sfrb.sfl1, x)))
-
-
-def _reference_sfrir(sfrir: SFRIR, x):
-    y = x
-    for block in sfrir.blocks:
-        y = _reference_sfrb(block, y)
-    return x + sfrir.conv(y)
-
-
-def _reference_branch(branch, x):
-    y = branch.head(branch.dwt(x) if branch.dwt is not None else F.pixel_unshuffle(x, 2))
-    for group in branch.body:
-        y = _reference_sfrir(group, y)
-    y = branch.tail(y)
-    y = branch.idwt(y) if branch.idwt is not None else F.pixel_shuffle(y, 2)
-    return y + x if branch.skip else y
-
-
-def _reference_clgnet(model: CLGNet, image):
-    h, w = image.shape[-2:]
-    x = F.pad(image, (0, w % 2, 0, h % 2), mode="replicate")
-    feats = model.net_pre(x)
-    o_w = _reference_branch(model.wavelet_branch, feats)
-    o_s = _reference_branch(model.spatial_branch, feats)
-    return model.net_out(torch.cat([o_w, o_s], dim=1))[..., :h, :w]
+def _as_reference(module: torch.nn.Module, reference: torch.nn.Module) -> torch.nn.Module:
+    """``reference`` holding ``module``'s state dict (strict: same keys and shapes)."""
+    reference.load_state_dict(module.state_dict())
+    return reference.to(next(module.parameters()).dtype).train(module.training)
 
 
 def _check_against_reference(module, reference, x, train: bool):
-    """Output, BatchNorm running statistics and (in train mode) gradients equal the reference's."""
+    """Output, BatchNorm running statistics and (in train mode) gradients equal the reference's
+    (a ``Reference*`` module, given the module's state dict)."""
     module = module.double().train(train)
-    twin = copy.deepcopy(module)
+    twin = _as_reference(module, reference)
     x = x.clone().requires_grad_(train)
     x_twin = x.detach().clone().requires_grad_(train)
     out = module(x)
-    expected = reference(twin, x_twin)
+    expected = twin(x_twin)
     torch.testing.assert_close(out, expected, rtol=1e-9, atol=1e-9)
-    for (name, a), b in zip(module.named_buffers(), twin.buffers()):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12, msg=name)
+    twin_buffers = dict(twin.named_buffers())
+    for name, a in module.named_buffers():
+        torch.testing.assert_close(a, twin_buffers[name], rtol=1e-9, atol=1e-12, msg=name)
     if train:
         grad = torch.randn_like(out)
         out.backward(grad)
         expected.backward(grad)
         torch.testing.assert_close(x.grad, x_twin.grad, rtol=1e-8, atol=1e-9)
-        for (name, a), b in zip(module.named_parameters(), twin.parameters()):
-            torch.testing.assert_close(a.grad, b.grad, rtol=1e-8, atol=1e-9, msg=name)
+        twin_params = dict(twin.named_parameters())
+        for name, a in module.named_parameters():
+            torch.testing.assert_close(a.grad, twin_params[name].grad, rtol=1e-8, atol=1e-9,
+                                       msg=name)
 
 
 # --- parameter counts ----------------------------------------------------------------------
@@ -126,16 +100,16 @@ def test_fourier_unit_and_sfl_follow_their_formulas(train, spectral, size):
     fu = FourierUnit(6, spectral)
     sfl = SFL(6, spectral)
     _randomise_bn(fu), _randomise_bn(sfl)
-    _check_against_reference(fu, _reference_fourier_unit, x, train)
-    _check_against_reference(sfl, _reference_sfl, x, train)
+    _check_against_reference(fu, ReferenceFourierUnit(6, spectral), x, train)
+    _check_against_reference(sfl, ReferenceSFL(6, spectral), x, train)
 
 
 @pytest.mark.parametrize("train", [False, True])
 def test_sfrb_and_sfrir_follow_their_formulas(train):
     torch.manual_seed(1)
     x = torch.randn(2, 4, 8, 12, dtype=torch.float64)
-    _check_against_reference(SFRB(4), _reference_sfrb, x, train)
-    _check_against_reference(SFRIR(4, num_sfrb=2), _reference_sfrir, x, train)
+    _check_against_reference(SFRB(4), ReferenceSFRB(4), x, train)
+    _check_against_reference(SFRIR(4, num_sfrb=2), ReferenceSFRIR(4, num_sfrb=2), x, train)
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -146,17 +120,30 @@ def test_sfrb_and_sfrir_follow_their_formulas(train):
 )
 def test_clgnet_follows_its_formula(kwargs, train):
     torch.manual_seed(2)
-    model = _tiny(num_sfrb=2, in_chans=2, **kwargs)
+    kwargs = {"chans": 4, "num_sfrir": 1, "num_sfrb": 2, "in_chans": 2, **kwargs}
+    model = CLGNet(**kwargs)
     _randomise_bn(model)
     x = torch.randn(2, 2, 12, 18, dtype=torch.float64)  # odd width in the branches
-    _check_against_reference(model, _reference_clgnet, x, train)
+    _check_against_reference(model, ReferenceCLGNet(**kwargs), x, train)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"wavelet": None}, {"global_module": "self_attention"},
+               {"global_module": "swin"}], ids=["clgnet", "no-wavelet", "sa", "tran"])
+def test_state_dicts_load_into_either_form(kwargs):
+    fast, reference = CLGNet(**kwargs), ReferenceCLGNet(**kwargs)
+    assert {k: v.shape for k, v in fast.state_dict().items()} == {
+        k: v.shape for k, v in reference.state_dict().items()}
+    fast.load_state_dict(reference.state_dict())
+    reference.load_state_dict(fast.state_dict())
 
 
 def test_odd_sizes_are_padded_by_replication_and_cropped():
     torch.manual_seed(3)
     model = _tiny().double().eval()
+    reference = _as_reference(model, ReferenceCLGNet(chans=4, num_sfrir=1, num_sfrb=1))
     x = torch.randn(1, 1, 11, 14, dtype=torch.float64)
-    torch.testing.assert_close(model(x), _reference_clgnet(model, x), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-9, atol=1e-9)
     padded = F.pad(x, (0, 0, 0, 1), mode="replicate")
     torch.testing.assert_close(model(x), model(padded)[..., :11, :], rtol=1e-9, atol=1e-9)
 
@@ -250,7 +237,7 @@ def test_bfloat16_autocast_keeps_the_ffts_in_float32(monkeypatch):
     model = _tiny(chans=8).eval()
     x = torch.randn(2, 1, 24, 20)
     seen = []
-    for name in ("rfft2", "irfftn"):
+    for name in ("rfftn", "irfftn"):
         fft = getattr(torch.fft, name)
         monkeypatch.setattr(torch.fft, name,
                             lambda t, *a, _fft=fft, **k: seen.append(t.dtype) or _fft(t, *a, **k))
@@ -274,20 +261,28 @@ def test_channels_last_model_and_input_give_the_same_output():
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not hasattr(torch.backends.mkldnn, "matmul"), reason="torch < 2.9")
-@pytest.mark.parametrize("precision", ["none", "bf16"])
-def test_fft_input_transpose_is_exact_whatever_the_matmul_precision(precision):
-    # The channels_last -> NCHW copy before the FFT may be a product with the identity; under a
-    # reduced float32 matmul precision that product would round the image to bfloat16.
-    x = torch.randn(2, 32, 24, 20).contiguous(memory_format=torch.channels_last)
-    matmul = torch.backends.mkldnn.matmul
-    before = matmul.fp32_precision
-    try:
-        matmul.fp32_precision = precision
-        out = _to_nchw(x)
-    finally:
-        matmul.fp32_precision = before
-    assert out.is_contiguous() and torch.equal(out, x)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_runs_with_the_ffts_in_float32(dtype, monkeypatch):
+    torch.manual_seed(10)
+    model = _tiny(chans=8, num_sfrb=2)
+    _randomise_bn(model)
+    x = torch.randn(2, 1, 24, 20)
+    seen = []
+    for name in ("rfftn", "irfftn"):
+        fft = getattr(torch.fft, name)
+        monkeypatch.setattr(torch.fft, name,
+                            lambda t, *a, _fft=fft, **k: seen.append(t.dtype) or _fft(t, *a, **k))
+    for train in (False, True):
+        model.train(train)
+        expected = model(x)
+        half = copy.deepcopy(model).to(dtype)
+        out = half(x.to(dtype))
+        out.float().square().mean().backward()
+        assert out.dtype == dtype and out.shape == x.shape
+        assert (out.float() - expected).abs().max() < 0.05 * expected.abs().max()
+        assert all(p.grad is not None and p.grad.dtype == dtype and p.grad.isfinite().all()
+                   for p in half.parameters())
+    assert seen and set(seen) <= {torch.float32, torch.complex64}
 
 
 @pytest.mark.slow

@@ -521,7 +521,8 @@ def test_bad_options_and_outputs(nifti_source, tmp_path, capsys):
     _fails(capsys, out, src, out, "--format", "nifti", "--overwrite", "--size", 15,
            expect="--size")
     _fails(capsys, out, src, out, "--format", "nifti", "--overwrite", "--size", 16,
-           "--accelerations", "4", "8", "--center-fractions", "0.1", expect="one fraction")
+           "--accelerations", "4", "8", "--center-fractions", "0.1",
+           expect="one center fraction per acceleration")
     _fails(capsys, out, src, out, "--format", "nifti", "--overwrite", "--size", 16,
            "--accelerations", "16", "--center-fractions", "0.02", "--split", "0", "0", "1",
            expect="too few")

@@ -116,7 +116,8 @@ def test_non_finite_slice_is_named_or_skipped(knee_data, tmp_path, caplog):
     rewrite(bad, poison)
     transform = CLGNetDataTransform("singlecoil")
     dataset = CheckedSliceDataset(folder, "singlecoil", transform=transform)
-    index = next(i for i, s in enumerate(dataset.raw_samples) if s.fname == bad and s.slice_ind == 1)
+    index = next(i for i, s in enumerate(dataset.raw_samples)
+                 if s.fname == bad and s.slice_ind == 1)
     with pytest.raises(DataError, match=r"slice 1 of 'kspace' contains NaN or Inf"):
         dataset[index]
     skipping = CheckedSliceDataset(folder, "singlecoil", transform=transform, skip_bad_files=True)
@@ -153,7 +154,8 @@ def test_every_generated_file_passes_the_checks(knee_data, multicoil_data):
 
 
 def test_target_folder_finds_the_ground_truth(knee_data):
-    assert target_folder(knee_data / "singlecoil_val", "singlecoil") == knee_data / "singlecoil_val"
+    val = knee_data / "singlecoil_val"
+    assert target_folder(val, "singlecoil") == val
     assert target_folder(knee_data / "singlecoil_test", "singlecoil") == \
         knee_data / "singlecoil_test_gt"
     assert target_folder(knee_data / "singlecoil_test", "multicoil") is None
@@ -229,7 +231,8 @@ def test_each_worker_and_rank_gets_its_own_mask_stream(knee_data, monkeypatch):
     import clgnet_fastmri.pl_modules.data_module as data_module
 
     transform = CLGNetDataTransform("singlecoil", RandomMaskFunc([0.08], [4]), use_seed=False)
-    dataset = CheckedSliceDataset(knee_data / "singlecoil_train", "singlecoil", transform=transform)
+    dataset = CheckedSliceDataset(knee_data / "singlecoil_train", "singlecoil",
+                                  transform=transform)
     draws = {}
     # Under DDP every rank starts from the same torch seed: the rank must change the stream.
     for rank, worker in ((0, 0), (0, 1), (1, 0), (1, 1)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import zipfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from clgnet_fastmri.checkpoints import load_clgnet
 from clgnet_fastmri.errors import DataError, UserError
 from clgnet_fastmri.evaluate import evaluate_folder
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
-from clgnet_fastmri.predict import check_submission, predict
+from clgnet_fastmri.predict import check_submission, predict, submission_name
 
 TINY = dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None)
 
@@ -51,7 +52,8 @@ def test_submission_has_the_leaderboard_layout(knee_data, submission):
     inputs = sorted(p.name for p in (knee_data / "singlecoil_test").iterdir())
     assert sorted(p.name for p in out.iterdir()) == inputs == sorted(result.names)
     for name in inputs:
-        with h5py.File(knee_data / "singlecoil_test" / name) as source, h5py.File(out / name) as hf:
+        source_path = knee_data / "singlecoil_test" / name
+        with h5py.File(source_path) as source, h5py.File(out / name) as hf:
             assert list(hf.keys()) == ["reconstruction"]
             recons = hf["reconstruction"]
             assert recons.dtype == np.float32
@@ -139,41 +141,95 @@ def test_missing_or_misshapen_prediction_is_named(knee_data, submission, tmp_pat
         check_submission(broken, knee_data / "singlecoil_test", "singlecoil", False)
 
 
+def folder_bytes(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def zip_members(path: Path) -> dict:
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
 @pytest.mark.reliability
-def test_interrupted_export_leaves_no_partial_file(knee_data, checkpoint, tmp_path, monkeypatch):
+def test_interrupted_export_leaves_nothing_and_keeps_the_previous_one(
+    knee_data, checkpoint, tmp_path, monkeypatch
+):
     import clgnet_fastmri.predict as predict_module
 
     out = tmp_path / "sub"
     real_write = predict_module.write_volume
     calls = []
 
-    def write_then_die(path, volume):
+    def write_then_die(path, volume, shown=None):
         calls.append(path)
         if len(calls) == 2:
             # Die in the middle of the second file: after it was opened, before it is complete.
             def crash(*args, **kwargs):
                 raise KeyboardInterrupt
             monkeypatch.setattr(h5py.Group, "create_dataset", crash)
-        real_write(path, volume)
+        real_write(path, volume, shown)
 
     monkeypatch.setattr(predict_module, "write_volume", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         predict(checkpoint, knee_data / "singlecoil_test", out, progress=False)
     monkeypatch.undo()
-    left = sorted(os.listdir(out))
-    assert left == [calls[0].name]  # the finished volume, no temporary or partial file
-    with h5py.File(out / left[0]) as hf:
-        assert hf["reconstruction"].shape[0] == 3
-    assert not out.with_suffix(".zip").exists()
+    assert os.listdir(tmp_path) == []  # no folder, no zip, no staging or temporary file
 
-    # What SIGKILL leaves (no chance to clean up): the next export removes its own leftovers
-    # and nobody else's.
-    (out / f".{left[0]}.k2j4.partial").write_bytes(b"half")
-    (tmp_path / ".sub.zip.x81q.partial").write_bytes(b"half")
+    predict(checkpoint, knee_data / "singlecoil_test", out, progress=False)
+    before, zip_before = folder_bytes(out), out.with_suffix(".zip").read_bytes()
+    calls.clear()
+    monkeypatch.setattr(predict_module, "write_volume", write_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        predict(checkpoint, knee_data / "singlecoil_test", out, overwrite=True, progress=False)
+    monkeypatch.undo()
+    assert folder_bytes(out) == before and out.with_suffix(".zip").read_bytes() == zip_before
+    assert sorted(os.listdir(tmp_path)) == ["sub", "sub.zip"]
+
+    # What SIGKILL leaves (no chance to clean up): a staging folder, a temporary zip, or the
+    # old submission moved aside mid-swap. The next export repairs its own and nobody else's.
+    (tmp_path / ".sub.staging.k2j4.partial").mkdir()
+    (tmp_path / ".sub.staging.k2j4.partial" / "a.h5").write_bytes(b"half")
+    (out / ".sub.zip.partial").write_bytes(b"half")
     (tmp_path / ".other.ckpt.a1.partial").write_bytes(b"someone else's")
+    os.rename(out, tmp_path / ".sub.previous")  # killed between the two renames of the swap
     predict(checkpoint, knee_data / "singlecoil_test", out, overwrite=True, progress=False)
-    assert not list(out.glob(".*")) and out.with_suffix(".zip").is_file()
-    assert [p.name for p in tmp_path.glob(".*.partial")] == [".other.ckpt.a1.partial"]
+    assert folder_bytes(out) == before == zip_members(out.with_suffix(".zip"))
+    assert sorted(p.name for p in tmp_path.glob(".*")) == [".other.ckpt.a1.partial"]
+
+
+@pytest.mark.reliability
+def test_failed_overwrite_keeps_the_previous_submission_and_zip(
+    knee_data, checkpoint, tmp_path, capsys, monkeypatch
+):
+    """A checkpoint whose weights went NaN: refused by name, the good submission stays."""
+    out = tmp_path / "sub"
+    predict(checkpoint, knee_data / "singlecoil_test", out, progress=False)
+    before, zip_before = folder_bytes(out), out.with_suffix(".zip").read_bytes()
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"]["clgnet.net_out.weight"].fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.ckpt")
+    code = cli.main(["predict", "--checkpoint", str(tmp_path / "nan.ckpt"), "--data_path",
+                     str(knee_data / "singlecoil_test"), "--output", str(out), "--overwrite",
+                     "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "nan.ckpt" in err and "NaN or Inf" in err, err
+    assert folder_bytes(out) == before and out.with_suffix(".zip").read_bytes() == zip_before
+    assert zip_members(out.with_suffix(".zip")) == before
+
+    # Non-finite output from finite weights (here: the model's output made NaN) is refused
+    # per volume, naming the input file, with the same guarantee.
+    import clgnet_fastmri.predict as predict_module
+
+    real = predict_module.reconstruct
+
+    def nan_volumes(*args, **kwargs):
+        for fname, volume in real(*args, **kwargs):
+            yield fname, volume * np.nan
+
+    monkeypatch.setattr(predict_module, "reconstruct", nan_volumes)
+    with pytest.raises(DataError, match="reconstruction holds NaN or Inf"):
+        predict(checkpoint, knee_data / "singlecoil_test", out, overwrite=True, progress=False)
+    assert folder_bytes(out) == before and out.with_suffix(".zip").read_bytes() == zip_before
 
 
 def test_v2_names_and_masked_fully_sampled_input(knee_data, checkpoint, tmp_path):
@@ -186,6 +242,36 @@ def test_v2_names_and_masked_fully_sampled_input(knee_data, checkpoint, tmp_path
     assert result.figure is not None  # the val files hold their own targets
     with zipfile.ZipFile(result.zip_path) as archive:
         assert sorted(archive.namelist()) == sorted(result.names)
+
+
+@pytest.mark.reliability
+def test_evaluate_matches_v2_names_and_says_so(knee_data, submission, tmp_path, capsys):
+    out, _ = submission
+    gt = knee_data / "singlecoil_test_gt"
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    names = sorted(p.name for p in out.iterdir())
+    for name in names:
+        (v2 / submission_name(name, True)).write_bytes((out / name).read_bytes())
+    args = ["evaluate", "--target-path", str(gt), "--challenge", "singlecoil"]
+    assert cli.main([*args, "--predictions-path", str(v2)]) == 0
+    printed = capsys.readouterr().out
+    assert f"matched {len(names)} predictions" in printed and "_v2 rule" in printed
+    scored = json.loads((tmp_path / "v2_metrics.json").read_text())
+    assert scored["matched_v2"] == names
+    plain = evaluate_folder(gt, out, "singlecoil")
+    assert plain.matched_v2 == []
+    for name, values in plain.volumes.items():  # the same numbers as under the plain names
+        assert {m: scored["volumes"][name][m] for m in values} == values
+
+    # One plain and one _v2 name: both matched, only the _v2 one reported as such.
+    os.rename(v2 / submission_name(names[0], True), v2 / names[0])
+    assert evaluate_folder(gt, v2, "singlecoil").matched_v2 == names[1:]
+    # Both names for one target: ambiguous, refused.
+    (v2 / submission_name(names[0], True)).write_bytes((out / names[0]).read_bytes())
+    assert cli.main([*args, "--predictions-path", str(v2)]) == 2
+    err = capsys.readouterr().err
+    assert "both there" in err and submission_name(names[0], True) in err and names[0] in err
 
 
 @pytest.mark.reliability

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +19,15 @@ from clgnet_fastmri import cli
 
 pytestmark = pytest.mark.slow
 
-TINY = [
-    "--chans", "4", "--num_sfrir", "1", "--num_sfrb", "1", "--vgg_weights", "random",
-    "--batch_size", "2", "--num_workers", "0", "--no_progress_bar", "--logger", "csv",
-    "--k_negatives", "2",
-]
+@pytest.fixture
+def train(tiny_argv):
+    """``train(*options)``: ``clgnet-fastmri train`` of the tiny model; the exit code."""
+    return lambda *args: cli.main(["train", *tiny_argv, *args])
 
 
-def train(*args: str) -> int:
-    return cli.main(["train", *TINY, *args])
-
-
-def test_train_then_test_writes_reconstructions_metrics_and_figure(knee_data, tmp_path, capsys):
+def test_train_then_test_writes_reconstructions_metrics_and_figure(
+    knee_data, tmp_path, capsys, train
+):
     root = tmp_path / "run"
     common = ["--data_path", str(knee_data), "--default_root_dir", str(root)]
     assert train(*common, "--max_epochs", "2") == 0
@@ -47,7 +46,7 @@ def test_train_then_test_writes_reconstructions_metrics_and_figure(knee_data, tm
 
 
 @pytest.mark.reliability
-def test_resume_continues_at_the_saved_step(knee_data, tmp_path):
+def test_resume_continues_at_the_saved_step(knee_data, tmp_path, train):
     root = tmp_path / "run"
     common = ["--data_path", str(knee_data), "--default_root_dir", str(root)]
     assert train(*common, "--max_epochs", "1") == 0
@@ -63,13 +62,53 @@ def test_resume_continues_at_the_saved_step(knee_data, tmp_path):
 
 
 @pytest.mark.reliability
-def test_resume_without_a_checkpoint_is_a_one_line_error(knee_data, tmp_path, capsys):
+def test_resume_or_test_with_other_settings_is_one_line_naming_both(knee_data, tmp_path, capsys,
+                                                                    train):
+    root = tmp_path / "run"
+    common = ["--data_path", str(knee_data), "--default_root_dir", str(root)]
+    assert train(*common, "--max_steps", "1") == 0
+    capsys.readouterr()
+    assert train(*common, "--max_steps", "2", "--chans", "8", "--resume") == 2
+    err = capsys.readouterr().err.strip()
+    last = str(root / "checkpoints" / "last.ckpt")
+    assert len(err.splitlines()) == 1, err
+    assert last in err and "trained as CLGNet(chans=4" in err and "asked for CLGNet(chans=8" in err
+    # A checkpoint whose weights contradict its hyperparameters, in test mode.
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["hyper_parameters"]["chans"] = 6
+    crafted = tmp_path / "crafted.ckpt"
+    torch.save(checkpoint, crafted)
+    assert train(*common, "--mode", "test", "--checkpoint", str(crafted)) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(crafted) in err and "chans=6" in err, err
+
+
+@pytest.mark.reliability
+def test_train_with_skip_bad_files_names_them_and_trains_on_the_rest(knee_data, tmp_path,
+                                                                      caplog, train):
+    root = tmp_path / "data"
+    shutil.copytree(knee_data, root)
+    bad = sorted((root / "singlecoil_train").glob("*.h5"))[0]
+    bad.write_bytes(bad.read_bytes()[:1000])
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING):
+        code = train("--data_path", str(root), "--default_root_dir", str(run), "--max_epochs",
+                     "1", "--skip_bad_files")
+    assert code == 0
+    skipped = [r.getMessage() for r in caplog.records if "skipping bad file" in r.getMessage()]
+    assert skipped and all(str(bad) in message for message in skipped)
+    # The other volume's 3 slices at batch 2: 2 steps (both volumes would take 3).
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
+@pytest.mark.reliability
+def test_resume_without_a_checkpoint_is_a_one_line_error(knee_data, tmp_path, capsys, train):
     code = train("--data_path", str(knee_data), "--default_root_dir", str(tmp_path), "--resume")
     err = capsys.readouterr().err
     assert code == 2 and "no checkpoint to resume from" in err and "Traceback" not in err
 
 
-def test_demo_without_data_path_generates_trains_and_scores(tmp_path, monkeypatch, capsys):
+def test_demo_without_data_path_generates_trains_and_scores(tmp_path, monkeypatch, capsys, train):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     root = tmp_path / "demo"
     assert train("--default_root_dir", str(root), "--max_steps", "2",
@@ -82,19 +121,19 @@ def test_demo_without_data_path_generates_trains_and_scores(tmp_path, monkeypatc
 def run_module(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "clgnet_fastmri.train_clgnet_demo", *TINY, *args],
+        [sys.executable, "-m", "clgnet_fastmri.train_clgnet_demo", *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )
 
 
 @pytest.mark.reliability
-def test_ddp_on_two_cpu_processes_matches_one_process(knee_data, tmp_path):
+def test_ddp_on_two_cpu_processes_matches_one_process(knee_data, tmp_path, tiny_argv):
     """fastmri's VolumeSampler sends each val/test volume whole to one rank and the bridge
     sums the per-volume metrics over ranks, so 2 processes give 1 process's numbers and
     reconstructions."""
     train_root = tmp_path / "train"
-    trained = run_module("--data_path", str(knee_data), "--default_root_dir", str(train_root),
-                         "--max_epochs", "1", cwd=tmp_path)
+    trained = run_module(*tiny_argv, "--data_path", str(knee_data), "--default_root_dir",
+                         str(train_root), "--max_epochs", "1", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-2000:]
     checkpoint = str(train_root / "checkpoints" / "last.ckpt")
 
@@ -103,8 +142,8 @@ def test_ddp_on_two_cpu_processes_matches_one_process(knee_data, tmp_path):
                                                                 "--strategy", "ddp"])):
         root = tmp_path / name
         for mode in ("validate", "test"):
-            done = run_module("--data_path", str(knee_data), "--default_root_dir", str(root),
-                              "--accelerator", "cpu", *devices, "--mode", mode,
+            done = run_module(*tiny_argv, "--data_path", str(knee_data), "--default_root_dir",
+                              str(root), "--accelerator", "cpu", *devices, "--mode", mode,
                               "--checkpoint", checkpoint, cwd=tmp_path)
             assert done.returncode == 0, done.stderr[-3000:]
         results[name] = root

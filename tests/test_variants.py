@@ -7,9 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clgnet_fastmri.models import RSTB, AttentionLayer, CLGNet, SelfAttentionBlock
+from clgnet_fastmri.models import RSTB, AttentionLayer, SelfAttentionBlock
+from clgnet_fastmri.models.registry import build_network
 
-VARIANTS = ("self_attention", "swin")
+VARIANTS = ("sa", "tran")  # the registry's CLGNet_SA and CLGNet_Tran
+# 8 channels: the attention blocks split them into heads.
 TINY = dict(chans=8, num_sfrir=1, num_sfrb=1)
 
 
@@ -17,15 +19,15 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("global_module, paper", [("self_attention", 0.88e6), ("swin", 0.95e6)])
-def test_parameter_counts_match_the_paper_table_4(global_module, paper):
-    count = n_params(CLGNet(global_module=global_module))
+@pytest.mark.parametrize("name, paper", [("sa", 0.88e6), ("tran", 0.95e6)])
+def test_parameter_counts_match_the_paper_table_4(name, paper):
+    count = n_params(build_network(name))
     assert abs(count / paper - 1) < 0.02
-    # Global information costs parameters on top of CLGNet_non (818,625, paper 0.81 M).
-    assert count > n_params(CLGNet(global_module="none"))
+    # Global information costs parameters on top of CLGNet_non (paper 0.81 M).
+    assert count > n_params(build_network("no-sfl"))
 
 
-@pytest.mark.parametrize("global_module", VARIANTS)
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("shape", [
     # Global attention over 160 x 160 (or 160 x 184) positions takes seconds on 2 cores.
     pytest.param((320, 320), marks=pytest.mark.slow),
@@ -33,18 +35,18 @@ def test_parameter_counts_match_the_paper_table_4(global_module, paper):
     (33, 45),
     (31, 16),
 ])
-def test_output_has_the_input_shape(global_module, shape):
-    model = CLGNet(global_module=global_module, **TINY).eval()
+def test_output_has_the_input_shape(name, shape):
+    model = build_network(name, **TINY).eval()
     x = torch.randn(1, 1, *shape)
     with torch.inference_mode():
         y = model(x)
     assert y.shape == x.shape and torch.isfinite(y).all()
 
 
-@pytest.mark.parametrize("global_module", VARIANTS)
-def test_gradients_reach_every_parameter(global_module):
+@pytest.mark.parametrize("name", VARIANTS)
+def test_gradients_reach_every_parameter(name):
     torch.manual_seed(0)
-    model = CLGNet(global_module=global_module, chans=8, num_sfrir=2, num_sfrb=1).train()
+    model = build_network(name, **{**TINY, "num_sfrir": 2}).train()
     model(torch.randn(2, 1, 26, 22)).square().mean().backward()  # 13 x 11 bodies: Swin pads
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name

@@ -28,8 +28,8 @@ Choices:
   step); data loading, validation and checkpointing are excluded for every model alike. CPU
   seconds are the process's CPU time over the same intervals: with ``--threads 1`` they are
   robust to other work on the machine, wall seconds are not.
-- Plateau PSNR in the summary: the mean validation PSNR (and SSIM) over the last fifth of a
-  run's steps.
+- The summary's PSNR and SSIM: their means over the last fifth of a run's steps, which is its
+  plateau when the run stopped at one (``stopped`` says why each run ended).
 """
 
 from __future__ import annotations
@@ -54,10 +54,10 @@ from ..checkpoints import AtomicCheckpointIO
 from ..data.transforms import CLGNetDataTransform
 from ..errors import UserError
 from ..files import atomic_output, ensure_writable_dir
+from ..models.registry import UNET, VARIANTS
 from ..pl_modules.data_module import CLGNetDataModule
 from .quality import _train_args as quality_train_args
-from .quality import build_module, parse_spec, run_name
-from ..models.registry import UNET, VARIANTS
+from .quality import add_training_arguments, build_module, parse_spec, run_name
 
 DEFAULT_MODELS = ("unet", "clgnet", "no-cl", "no-sfl")
 ANATOMIES = ("knee", "brain")
@@ -80,7 +80,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image size of the built-in set")
     parser.add_argument("--data_path", type=Path, default=None,
                         help="fastMRI data root (<challenge>_train, <challenge>_val)")
-    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
     parser.add_argument("--eval-every", type=int, default=100,
                         help="optimiser steps between two validation points")
     parser.add_argument("--max-steps", type=int, default=6000,
@@ -96,14 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "fifth of the steps (0: never)")
     parser.add_argument("--min-steps", type=int, default=1000,
                         help="no plateau stop before this many steps")
-    parser.add_argument("--acceleration", type=int, default=4)
-    parser.add_argument("--center-fraction", type=float, default=0.08)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--vgg-weights", default="auto",
-                        help="as 'clgnet-fastmri train --vgg_weights'")
+    add_training_arguments(parser)
     parser.add_argument("--accelerator", default="cpu")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 makes CPU seconds comparable)")
     parser.add_argument("--output-dir", type=Path, default=None,
@@ -350,8 +343,9 @@ def _plateau(points: Sequence[Dict[str, float]]) -> Dict[str, float]:
 def format_summary(rows: Sequence[Dict[str, Any]], clock: str = "cpu") -> str:
     """A Markdown table of ``summarize``'s rows, times in minutes of ``clock``."""
     field, unit = CLOCKS[clock], f"{clock} min"
-    lines = [f"| model | stopped | steps | {unit} | plateau PSNR | plateau SSIM | "
-             "reaches U-Net's plateau at |", "|---|---|---|---|---|---|---|"]
+    # "last fifth": a plateau where the run stopped at one, else where its budget ended.
+    lines = [f"| model | stopped | steps | {unit} | PSNR, last fifth | SSIM, last fifth | "
+             "reaches U-Net's last-fifth PSNR at |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         reach = r.get("reach_unet")
         when = ("never" if reach is None else

@@ -72,22 +72,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data_path", type=Path, default=None,
                         help="fastMRI data root (<challenge>_train, <challenge>_val); "
                         "default: the built-in synthetic knee set")
+    add_training_arguments(parser)
+    parser.add_argument("--num-workers", type=int, default=0)
+    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: all available)")
+    parser.add_argument("--output-dir", type=Path, default=Path("clgnet_runs/bench_quality"),
+                        help="runs, reconstructions and quality.json go here")
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, mask, batch, loss-weights, precision and seed options of the benchmarks that
+    train (``quality``, ``curves``)."""
     parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
     parser.add_argument("--acceleration", type=int, default=4,
                         help=f"undersampling factor, 2 to {MAX_ACCELERATION}")
     parser.add_argument("--center-fraction", type=float, default=0.08,
                         help="fraction of low-frequency lines always kept, in (0, 1)")
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--num-workers", type=int, default=0)
     parser.add_argument("--vgg-weights", default="auto",
                         help="as 'clgnet-fastmri train --vgg_weights'")
-    parser.add_argument("--accelerator", default="auto")
     parser.add_argument("--precision", default="32-true")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: all available)")
-    parser.add_argument("--output-dir", type=Path, default=Path("clgnet_runs/bench_quality"),
-                        help="runs, reconstructions and quality.json go here")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,23 +1,28 @@
 """``clgnet-fastmri bench speed``: parameters, FLOPs, time and memory, side by side with U-Net.
 
-For every image size and model, in one process, one after the other:
+For every image size, U-Net and the other models are built in one process and measured side
+by side:
 
 - parameters, and forward FLOPs of one slice counted by ``torch.utils.flop_counter``
   (reported in GMac = FLOPs / 2, the unit of the paper's Tables 2 and 4). The counter knows
   matrix products, convolutions and attention kernels; FFTs, norms and element-wise work are
   not counted (as in the paper's counters).
 - inference time per slice (batch 1, ``torch.inference_mode``, eval mode): warm-up calls, then
-  the median of ``--repeats`` timed calls.
+  the best (minimum) of ``--repeats`` timed calls. The timed calls of the models are
+  interleaved (U-Net, model 1, model 2, U-Net, ...), so that load from other processes falls
+  on all of them alike; the minimum is the call least disturbed by it.
 - training-step time at ``--batch-size``: forward, loss, backward and an Adam step, with L1
   only and with CLGNet's loss ``L1 + 0.05 L_CL`` (VGG19 randomly initialised: the ImageNet
   weights are not needed to time it). The difference is the contrastive loss's cost, reported
   beside its share of the step's FLOPs (forward and backward, counted the same way).
-- peak memory of each measured call: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the
-  peak resident set size above the call's start (``/proc/self/statm`` sampled every
+- peak memory of one call after the warm-up: on CUDA ``torch.cuda.max_memory_allocated``;
+  on CPU the peak resident set size above the call's start (``/proc/self/statm`` sampled every
   millisecond by a thread, after glibc's ``malloc_trim`` has returned freed memory to the
   OS), i.e. the memory the calls took, allocator caching included.
 
-Each time is also given as a ratio to U-Net's time at the same size in the same run.
+Each time is also given as a ratio to U-Net's time at the same size in the same run: on a
+shared machine the ratio is the figure to read. One run measures one setting of ``--device``,
+``--bf16``, ``--channels-last`` and ``--compile``; compare settings with one run each.
 """
 
 from __future__ import annotations
@@ -29,12 +34,11 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -91,9 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="model and inputs in channels_last memory format")
     parser.add_argument("--compile", action="store_true", help="torch.compile the networks")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls (median reported)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed calls per model, interleaved between the models (the "
+                        "minimum is reported)")
     parser.add_argument("--batch-size", type=int, default=4, help="training-step batch size")
     parser.add_argument("--no-train", action="store_true", help="inference only")
+    parser.add_argument("--no-cl", action="store_true",
+                        help="training step with the L1 loss only (no contrastive loss)")
     parser.add_argument("--no-flops", action="store_true", help="skip the FLOP counts")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
 
@@ -109,9 +117,9 @@ def run(args: argparse.Namespace) -> int:
     names = [UNET] + [m for m in args.models if m != UNET]
     rows = []
     for size in args.sizes:
-        for name in names:
-            rows.append(measure(name, size, args, device))
-            print(_progress(rows[-1]), file=sys.stderr, flush=True)
+        rows += measure_side_by_side(names, size, args, device)
+        for row in rows[-len(names):]:
+            print(_progress(row), file=sys.stderr, flush=True)
     add_ratios(rows)
     meta = machine(device, args)
     print(format_tables(rows, meta))
@@ -148,8 +156,22 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def measure(name: str, size: int, args: argparse.Namespace, device: torch.device) -> Dict:
-    """All figures of one network at one size."""
+def measure_side_by_side(names: Sequence[str], size: int, args: argparse.Namespace,
+                         device: torch.device) -> List[Dict]:
+    """All figures of the networks ``names`` at one size, their timed calls interleaved."""
+    prepared = [prepare(name, size, args, device) for name in names]
+    for key in prepared[0][1]:
+        calls = [fns[key] for _, fns in prepared]
+        for (row, _), (seconds, peak) in zip(prepared, timed(calls, args.warmup, args.repeats,
+                                                             device)):
+            row[f"{key}_s"], row[f"{key}_peak_mb"] = seconds, peak
+    return [row for row, _ in prepared]
+
+
+def prepare(name: str, size: int, args: argparse.Namespace,
+            device: torch.device) -> Tuple[Dict, Dict[str, Callable[[], None]]]:
+    """One network's parameter and FLOP counts, and the calls to time (inference and training
+    steps with each loss), each of which sets the train/eval mode it needs."""
     torch.manual_seed(0)
     model = build_network(name).to(device)
     row: Dict = {"model": name, "label": VARIANTS[name].label, "size": size,
@@ -165,32 +187,31 @@ def measure(name: str, size: int, args: argparse.Namespace, device: torch.device
             row["gmac"] = count_flops(lambda: model(image)) / 2e9
 
     def infer() -> None:
+        model.eval()
         with torch.inference_mode(), autocast():
             net(image)
 
-    row["infer_s"], row["infer_peak_mb"] = timed(infer, args.warmup, args.repeats, device)
+    calls = {"infer": infer}
     if args.no_train:
-        return row
-    model.train()
+        return row, calls
     batch = _inputs(args.batch_size, size, device, args.channels_last)
     target = torch.randn_like(batch)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    for key, alpha in (("l1", 0.0), ("cl", ALPHA)):
+    for key, alpha in (("train_l1", 0.0), ("train_cl", ALPHA))[:1 if args.no_cl else 2]:
         loss = _loss(alpha).to(device)
 
-        def step(network: nn.Module = net) -> None:
+        def step(network: nn.Module = net, loss: CLGNetLoss = loss) -> None:
+            model.train()
             optimizer.zero_grad(set_to_none=True)
             with autocast():
                 parts = loss(network(batch), target, batch)
             parts.total.backward()
             optimizer.step()
 
-        row[f"train_{key}_s"], row[f"train_{key}_peak_mb"] = timed(
-            step, args.warmup, args.repeats, device
-        )
+        calls[key] = step
         if not args.no_flops:
-            row[f"train_{key}_gmac"] = count_flops(lambda: step(model)) / 2e9
-    return row
+            row[f"{key}_gmac"] = count_flops(lambda: step(model)) / 2e9
+    return row, calls
 
 
 def _loss(alpha: float) -> CLGNetLoss:
@@ -218,19 +239,28 @@ def count_flops(fn: Callable[[], None]) -> int:
     return counter.get_total_flops()
 
 
-def timed(fn: Callable[[], None], warmup: int, repeats: int, device: torch.device):
-    """``(median seconds, peak MiB)`` of ``fn`` over ``repeats`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    with peak_memory(device) as peak:
-        for _ in range(repeats):
+def timed(calls: Sequence[Callable[[], None]], warmup: int, repeats: int,
+          device: torch.device) -> List[Tuple[float, float]]:
+    """``(best seconds, peak MiB)`` of each call: ``warmup`` untimed calls and one call for the
+    peak memory each, then ``repeats`` rounds that time every call once, in turn."""
+    peaks = []
+    for fn in calls:
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        with peak_memory(device) as peak:
+            fn()
+            _sync(device)
+        peaks.append(peak())
+    times: List[List[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for fn, spent in zip(calls, times):
+            _sync(device)
             start = time.perf_counter()
             fn()
             _sync(device)
-            times.append(time.perf_counter() - start)
-    return statistics.median(times), peak()
+            spent.append(time.perf_counter() - start)
+    return [(min(spent), peak) for spent, peak in zip(times, peaks)]
 
 
 def _sync(device: torch.device) -> None:
@@ -300,6 +330,8 @@ def add_ratios(rows: List[Dict]) -> None:
         for key in ("infer_s", "train_l1_s", "train_cl_s"):
             if key in row:
                 row[key.replace("_s", "_ratio")] = row[key] / ref[key]
+        if "train_l1_peak_mb" in row and ref["train_l1_peak_mb"] > 0:
+            row["train_l1_peak_ratio"] = row["train_l1_peak_mb"] / ref["train_l1_peak_mb"]
         if "train_cl_s" in row:
             row["cl_time_share"] = 1 - row["train_l1_s"] / row["train_cl_s"]
         if "train_cl_gmac" in row:
@@ -315,11 +347,13 @@ _COLUMNS = (
     ("infer_peak_mb", "infer peak (MiB)", "{:.0f}"),
     ("train_l1_s", "step L1 (s)", "{:.3f}"),
     ("train_l1_ratio", "x U-Net", "{:.2f}"),
+    ("train_l1_peak_mb", "step L1 peak (MiB)", "{:.0f}"),
+    ("train_l1_peak_ratio", "x U-Net", "{:.2f}"),
     ("train_cl_s", "step L1+CL (s)", "{:.3f}"),
     ("train_cl_ratio", "x U-Net", "{:.2f}"),
     ("cl_time_share", "CL time share", "{:.0%}"),
     ("cl_flop_share", "CL FLOP share", "{:.0%}"),
-    ("train_cl_peak_mb", "step peak (MiB)", "{:.0f}"),
+    ("train_cl_peak_mb", "step L1+CL peak (MiB)", "{:.0f}"),
 )
 
 
@@ -328,7 +362,8 @@ def format_tables(rows: Sequence[Dict], meta: Dict) -> str:
     out = [f"device: {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
            f"bf16={meta['bf16']}, channels_last={meta['channels_last']}, "
            f"compile={meta['compile']}, train batch {meta['batch_size']}, "
-           f"median of {meta['repeats']} after {meta['warmup']} warm-up, {meta['date']}"]
+           f"best of {meta['repeats']} interleaved calls after {meta['warmup']} warm-up, "
+           f"{meta['date']}"]
     for size in dict.fromkeys(r["size"] for r in rows):
         sized = [r for r in rows if r["size"] == size]
         columns = [c for c in _COLUMNS if any(c[0] in r for r in sized)]

@@ -8,10 +8,12 @@ predict, evaluate) reports problems the same way.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import xml.etree.ElementTree as etree
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -33,6 +35,9 @@ HEADER_FIELDS = [
 ]
 
 _NOT_FASTMRI = "fastMRI raw-data files hold 'kspace', 'ismrmrd_header' and a target"
+_BAD_ENTRY_FIX = (
+    "remove or repair it, or move it out of the folder (or train with --skip_bad_files)"
+)
 
 
 def check_challenge(challenge: str) -> str:
@@ -95,10 +100,10 @@ def check_volume(
                 f"'kspace' has dtype {kspace.dtype}, expected complex64",
                 "fastMRI k-space is stored as complex numbers",
             )
-        num_slices, cols = kspace.shape[0], kspace.shape[-1]
-        if num_slices == 0 or min(kspace.shape[-2:]) < 2:
+        num_slices, (rows, cols) = kspace.shape[0], kspace.shape[-2:]
+        if num_slices == 0 or min(rows, cols) < 2:
             raise DataError(path, f"'kspace' has an empty shape {kspace.shape}")
-        _check_header(hf, path)
+        _check_sizes(_check_header(hf, path), rows, path)
         target_key = TARGET_KEYS[challenge]
         if target_key in hf:
             target = require_dataset(
@@ -110,6 +115,7 @@ def check_volume(
                     f"'{target_key}' has {target.shape[0]} slices but 'kspace' has {num_slices}",
                     "the file is inconsistent; re-download or regenerate it",
                 )
+            _check_target_size(target.shape[1:], rows, cols, target_key, path)
         elif need_target:
             raise DataError(
                 path,
@@ -139,7 +145,7 @@ def _kspace_hint(hf: h5py.File, challenge: str) -> str:
     )
 
 
-def _check_header(hf: h5py.File, path: Path) -> None:
+def _check_header(hf: h5py.File, path: Path) -> Dict[str, int]:
     if "ismrmrd_header" not in hf:
         raise DataError(path, "has no 'ismrmrd_header' dataset", _NOT_FASTMRI)
     raw = hf["ismrmrd_header"][()]
@@ -149,10 +155,11 @@ def _check_header(hf: h5py.File, path: Path) -> None:
         raise DataError(
             path, "'ismrmrd_header' is not valid XML", "re-download or regenerate the file"
         ) from None
+    values = {}
     for field in HEADER_FIELDS:
         name = "/".join(field)
         try:
-            int(et_query(root, field))
+            values[name] = int(et_query(root, field))
         except RuntimeError:
             raise DataError(
                 path,
@@ -161,6 +168,50 @@ def _check_header(hf: h5py.File, path: Path) -> None:
             ) from None
         except ValueError:
             raise DataError(path, f"'ismrmrd_header' field {name} is not an integer") from None
+    return values
+
+
+def _check_sizes(header: Dict[str, int], rows: int, path: Path) -> None:
+    """Matrix sizes must be positive, and the reconSpace height must fit in the image.
+
+    fastmri's transforms crop the zero-filled image (k-space rows x cols) to the reconSpace
+    size (x, y) when a file has no target. A width larger than the k-space is allowed: they
+    then crop to a cols x cols square (fastMRI's brain FLAIR volumes need that); a height
+    larger than the rows has no such rule and fails deep in fastmri ("Invalid shapes").
+    """
+    for name, value in header.items():
+        if "matrixSize" in name and value < 1:
+            raise DataError(
+                path,
+                f"'ismrmrd_header' field {name} is {value}; matrix sizes must be positive",
+                "repair the header or regenerate the file",
+            )
+    height = header["encoding/reconSpace/matrixSize/x"]
+    if height > rows:
+        raise DataError(
+            path,
+            f"'ismrmrd_header' reconSpace matrixSize x is {height}, larger than the {rows} "
+            "rows of the image the k-space gives",
+            "repair the header or regenerate the file",
+        )
+
+
+def _check_target_size(size: Sequence[int], rows: int, cols: int, key: str, path: Path) -> None:
+    """The target must be a crop of the image the k-space gives (see ``_check_sizes``)."""
+    height, width = size
+    problem = None
+    if min(height, width) < 1:
+        problem = "is empty"
+    elif height > rows:
+        problem = "is taller than"
+    elif width > cols > height:
+        problem = "cannot be cropped to the width of"
+    if problem:
+        raise DataError(
+            path,
+            f"'{key}' ({height}x{width}) {problem} the {rows}x{cols} image the k-space gives",
+            "the target must be a centre crop of that image; regenerate the file",
+        )
 
 
 def check_finite(array: np.ndarray, path: Union[str, os.PathLike], what: str) -> None:
@@ -173,21 +224,69 @@ def check_finite(array: np.ndarray, path: Union[str, os.PathLike], what: str) ->
         )
 
 
-def list_volumes(folder: Union[str, os.PathLike], what: str = "data") -> List[Path]:
-    """The visible files of ``folder``, sorted; an error when it is missing or holds none.
+def scan_folder(
+    folder: Union[str, os.PathLike], what: str = "data"
+) -> Tuple[List[Path], Dict[Path, DataError]]:
+    """The visible files of ``folder``, sorted, and the entries that cannot be read as files.
 
-    Hidden files (``.DS_Store``, the ``.*.partial`` files of an interrupted write) are left
-    out; every other file is returned, so that a stray non-HDF5 file is reported by the
-    per-file check instead of being silently ignored.
+    Hidden entries (``.DS_Store``, the ``.*.partial`` files of an interrupted write) and
+    subfolders are left out. A dangling symbolic link, a link loop, an entry that cannot be
+    read, or a FIFO, socket or device (which h5py would block on) is returned as a bad entry
+    with its reason, never silently dropped; every other file is returned, so that a stray
+    non-HDF5 file is reported by the per-file check.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataError(folder, f"{what} folder not found", "check the path")
-    files = sorted(p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file())
+    files, bad = [], {}
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        problem = _entry_problem(entry)
+        if problem == "folder":
+            continue
+        if problem:
+            bad[entry] = DataError(entry, problem, _BAD_ENTRY_FIX)
+        else:
+            files.append(entry)
+    return files, bad
+
+
+def _entry_problem(entry: Path) -> Optional[str]:
+    try:
+        mode = entry.stat().st_mode
+    except FileNotFoundError:
+        if entry.is_symlink():
+            return f"dangling symbolic link (its target {os.readlink(entry)} does not exist)"
+        return "vanished while the folder was read"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop (the link leads back to itself)"
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a FIFO, socket or device)"
+    if not os.access(entry, os.R_OK):
+        return "not readable (permission denied)"
+    return None
+
+
+def list_volumes(folder: Union[str, os.PathLike], what: str = "data") -> List[Path]:
+    """``scan_folder``'s files; a DataError for its first bad entry, or when there is none."""
+    files, bad = scan_folder(folder, what)
+    if bad:
+        raise next(iter(bad.values()))
     if not files:
         raise DataError(folder, f"{what} folder holds no files", "check the path")
     return files
 
+
+def submission_name(name: str, v2_names: bool) -> str:
+    """``file1000.h5`` -> ``file1000_v2.h5`` for the public knee leaderboard (fastmri's rule)."""
+    if v2_names and not name.endswith("_v2.h5"):
+        return name[: -len(".h5")] + "_v2.h5" if name.endswith(".h5") else name + "_v2"
+    return name
 
 
 def target_folder(

@@ -42,17 +42,16 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import fastmri
-import h5py
 import numpy as np
 import torch
 from fastmri.data.subsample import create_mask_for_mask_type
 from tqdm import tqdm
 
 from ..errors import DataError, UserError
-from ..files import atomic_output, ensure_writable_dir
+from ..files import check_output_root, ensure_writable_dir, h5_output, swap_into_place
 from . import cc359, nifti
 from .header import ismrmrd_header
-from .synthetic import _swap_into_place, center_fraction
+from .synthetic import center_fraction
 
 FORMATS = ("cc359-raw", "nifti")
 SPLITS = ("train", "val", "test")
@@ -267,7 +266,7 @@ def write_volume(converted: Converted, path: Path, challenge: str, acquisition: 
         spec, rng = test
         mask, acc, num_low = spec.sample(shape[-1], rng)
         attrs.update(acceleration=acc, num_low_frequency=num_low)
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as hf:
+    with h5_output(path) as hf:
         hf.create_dataset("ismrmrd_header", data=header)
         kspace = hf.create_dataset("kspace", shape=shape, dtype=np.complex64)
         targets = []
@@ -284,7 +283,7 @@ def write_volume(converted: Converted, path: Path, challenge: str, acquisition: 
             hf.create_dataset("mask", data=mask)
         hf.attrs.update(attrs)
     if mask is not None:
-        with atomic_output(gt_path) as tmp, h5py.File(tmp, "w") as gt:
+        with h5_output(gt_path) as gt:
             gt.create_dataset(key, data=target)
             gt.attrs.update({**attrs, **stats})
     return len(target)
@@ -331,20 +330,6 @@ def _count(n: int, noun: str, width: int = 4) -> str:
     return f"{n:{width}d} {noun}{'s' if n != 1 else ' '}"
 
 
-def _check_output(out: Path, names: Sequence[str], overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another output path")
-    if out.is_dir():
-        present = [p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)]
-        if present and not overwrite:
-            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
-                            f"{', '.join(names)} folders (nothing else is touched)")
-        for name in names:
-            p = out / name
-            if p.is_symlink() or (p.exists() and not p.is_dir()):
-                raise UserError(f"{p}: exists and is not a folder; move it away first")
-
-
 def _check_options(args: argparse.Namespace) -> Tuple[Tuple[float, ...], MaskSpec]:
     split = tuple(args.split) if args.split else DEFAULT_SPLIT[args.format]
     if len(split) != 3 or min(split) < 0 or sum(split) <= 0:
@@ -352,13 +337,10 @@ def _check_options(args: argparse.Namespace) -> Tuple[Tuple[float, ...], MaskSpe
                         f"{' '.join(map(str, split))}")
     if args.size < 16 or args.size % 2:
         raise UserError(f"--size must be an even number of at least 16, not {args.size}")
+    # Ranges and matching lengths are checked by the CLI's shared settings.validate.
     accs = tuple(args.accelerations)
-    if not accs or any(a < 2 for a in accs):
-        raise UserError("--accelerations takes whole numbers of at least 2 (e.g. 4 8)")
     cfs = tuple(args.center_fractions) if args.center_fractions else tuple(
         center_fraction(a) for a in accs)
-    if len(cfs) != len(accs) or not all(0 < c < 1 for c in cfs):
-        raise UserError("--center-fractions takes one fraction in (0, 1) per acceleration")
     if args.subject_pattern is not None:
         try:
             re.compile(args.subject_pattern)
@@ -422,7 +404,7 @@ def convert(args: argparse.Namespace) -> ConvertSummary:
     names = {s: f"{challenge}_{s}" for s in SPLITS if by_split[s]}
     if "test" in names:
         names["test_gt"] = f"{challenge}_test_gt"
-    _check_output(out, list(names.values()), args.overwrite)
+    check_output_root(out, list(names.values()), args.overwrite, _STAGING_PREFIX)
     created = not out.exists()
     out = ensure_writable_dir(out)
     for stale in out.glob(f"{_STAGING_PREFIX}*.partial"):  # left by a killed run
@@ -437,7 +419,7 @@ def convert(args: argparse.Namespace) -> ConvertSummary:
             (staging / name).mkdir()
         volumes, slices = _write_all(args, sources, by_split, challenge, mask_spec, staging,
                                      names, skipped)
-        _swap_into_place(staging, out, list(names.values()))
+        swap_into_place(staging, out, list(names.values()))
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)

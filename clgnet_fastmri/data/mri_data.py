@@ -11,7 +11,7 @@ import numpy as np
 from fastmri.data import SliceDataset
 
 from ..errors import DataError
-from .checks import check_challenge, check_finite, check_volume, list_volumes, open_h5
+from .checks import check_challenge, check_finite, check_volume, open_h5, scan_folder
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,10 @@ class CheckedSliceDataset(SliceDataset):
       that names the file and the fix. With ``skip_bad_files=True`` bad files are left out and
       a bad slice is replaced by the next good one, each logged as a warning: for long jobs
       over thousands of files where one bad volume should not stop the run.
-    - Hidden files (``.DS_Store``, ``.*.partial`` leftovers of an interrupted write) are ignored.
+    - Entries that cannot be files (a dangling symbolic link, a link loop, an unreadable or
+      special file) are bad files too, named with the reason (``checks.scan_folder``);
+      hidden entries (``.DS_Store``, ``.*.partial`` leftovers of an interrupted write) and
+      subfolders are ignored.
     - fastmri's dataset cache is never used: it is a pickle written to the working directory,
       and unpickling a file one did not write can run arbitrary code.
     - ``need_target`` makes a missing target an error (train and val splits).
@@ -56,7 +59,15 @@ class CheckedSliceDataset(SliceDataset):
         self.need_target = need_target
         self.skip_bad_files = skip_bad_files
         self.skipped_files: Dict[Path, DataError] = {}
-        list_volumes(root, f"{challenge} data")
+        files, bad = scan_folder(root, f"{challenge} data")
+        if not files and not bad:
+            raise DataError(root, f"{challenge} data folder holds no files", "check the path")
+        for entry, exc in bad.items():
+            if not skip_bad_files:
+                raise exc
+            log.warning("skipping bad file: %s", exc)
+            self.skipped_files[entry] = exc
+        self._files = set(files)
         super().__init__(
             root=root,
             challenge=challenge,
@@ -67,17 +78,21 @@ class CheckedSliceDataset(SliceDataset):
             num_cols=num_cols,
             raw_sample_filter=raw_sample_filter,
         )
+        if self.skipped_files:
+            log.warning("%s: left out %d bad files", root, len(self.skipped_files))
         if not self.raw_samples:
             raise DataError(
                 root,
                 "no usable slices"
-                + (f" ({len(self.skipped_files)} bad files skipped)" if self.skipped_files else ""),
+                + (f" ({len(self.skipped_files)} bad files skipped)"
+                   if self.skipped_files else ""),
                 "check the folder and the --challenge",
             )
 
     def _retrieve_metadata(self, fname: Path) -> Tuple[Dict[str, Any], int]:
-        # SliceDataset calls this for every entry of the folder; returning 0 slices drops one.
-        if fname.name.startswith(".") or not fname.is_file():
+        # SliceDataset calls this for every entry of the folder; returning 0 slices drops one
+        # (a hidden entry, a subfolder, or a bad entry scan_folder reported).
+        if fname not in self._files:
             return {}, 0
         try:
             check_volume(fname, self.challenge, self.need_target)
@@ -98,7 +113,9 @@ class CheckedSliceDataset(SliceDataset):
                 if not self.skip_bad_files:
                     raise
                 log.warning("skipping bad slice: %s", exc)
-        raise DataError(self.raw_samples[i].fname.parent, "every slice is unreadable or non-finite")
+        raise DataError(
+            self.raw_samples[i].fname.parent, "every slice is unreadable or non-finite"
+        )
 
     def _load(self, i: int) -> Any:
         # fastmri reads and transforms in one step; the finiteness check needs the raw arrays.

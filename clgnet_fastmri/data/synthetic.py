@@ -33,13 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
-import h5py
 import numpy as np
 from fastmri.data.subsample import RandomMaskFunc
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..files import atomic_output, ensure_writable_dir
+from ..files import check_output_root, ensure_writable_dir, h5_output, swap_into_place
 from .brain_phantom import Brain
 from .checks import TARGET_KEYS
 from .knee_phantom import Knee
@@ -498,22 +497,6 @@ def _check_accelerations(accelerations, cols: int) -> Tuple[int, ...]:
     return tuple(int(a) for a in accs)
 
 
-def _check_output_dir(out: Path, names: List[str], overwrite: bool) -> None:
-    """``out`` is a folder or absent; not empty only with ``overwrite``; ``names`` in it are
-    folders or absent."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a folder; choose another output path")
-    if out.is_dir():
-        present = [p for p in out.iterdir() if not p.name.startswith(_STAGING_PREFIX)]
-        if present and not overwrite:
-            raise UserError(f"{out}: the folder is not empty; pass --overwrite to replace its "
-                            f"{', '.join(names)} folders (nothing else is touched)")
-        for name in names:
-            p = out / name
-            if p.is_symlink() or (p.exists() and not p.is_dir()):
-                raise UserError(f"{p}: exists and is not a folder; move it away first")
-
-
 def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
                  challenge: str = "singlecoil", splits: Optional[Mapping[str, int]] = None,
                  num_slices: Optional[int] = None, size: Optional[int] = None,
@@ -549,7 +532,7 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
     if "test" in counts:
         names["test_gt"] = f"{challenge}_test_gt"
     out = Path(out_dir)
-    _check_output_dir(out, list(names.values()), overwrite)
+    check_output_root(out, list(names.values()), overwrite, _STAGING_PREFIX)
     created = not out.exists()
     out = ensure_writable_dir(out)
     started = time.perf_counter()
@@ -566,7 +549,7 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
         files, acq_counts = _write_splits(staging, names, counts, anatomy, challenge,
                                           tshape[-1], tshape[0], num_coils, accs, seed,
                                           progress)
-        _swap_into_place(staging, out, list(names.values()))
+        swap_into_place(staging, out, list(names.values()))
     except BaseException:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
@@ -624,7 +607,7 @@ def _write_volume(synth: _Synth, path: Path, key: str, mask: Optional[np.ndarray
     Without ``mask``: a training/validation file (k-space, target, ``max``, ``norm``). With
     ``mask``: a test file (masked k-space, ``mask``, ``test_attrs``, no target).
     """
-    with atomic_output(path) as tmp, h5py.File(tmp, "w") as hf:
+    with h5_output(path) as hf:
         hf.create_dataset("ismrmrd_header", data=synth.header)
         kspace = hf.create_dataset("kspace", shape=synth.kspace_shape, dtype=np.complex64)
         targets = []
@@ -651,36 +634,9 @@ def _write_test(synth: _Synth, path: Path, gt_path: Path, key: str,
     mask, num_low = sample_mask(synth.cols, acc, int(rng.integers(2**32 - 1)))
     test_attrs = {"acceleration": acc, "num_low_frequency": num_low}
     target = _write_volume(synth, path, key, mask, test_attrs)
-    with atomic_output(gt_path) as tmp, h5py.File(tmp, "w") as gt:
+    with h5_output(gt_path) as gt:
         gt.create_dataset(key, data=target)
         gt.attrs.update({**_target_attrs(synth, target), **test_attrs})
-
-
-def _swap_into_place(staging: Path, out: Path, names: List[str]) -> None:
-    """Move the staged split folders into ``out``, replacing (only) those folders."""
-    aside = staging / ".replaced"
-    aside.mkdir()
-    moved, placed = [], []
-    try:
-        for name in names:
-            if (out / name).exists():
-                os.rename(out / name, aside / name)
-                moved.append(name)
-        for name in names:
-            os.rename(staging / name, out / name)
-            placed.append(name)
-    except BaseException:
-        for name in placed:  # undo, best effort: the user's old folders come back
-            try:
-                os.rename(out / name, staging / name)
-            except OSError:
-                pass
-        for name in moved:
-            try:
-                os.rename(aside / name, out / name)
-            except OSError:
-                pass
-        raise
 
 
 # ---------------------------------------------------------------------------------------------

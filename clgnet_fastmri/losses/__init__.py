@@ -10,10 +10,12 @@ from .vgg import (
     IMAGENET_FILE_NAME,
     IMAGENET_URL,
     LAYER_NAMES,
+    VGG_WEIGHTS_CHOICES,
     VGG19Features,
+    VGG19Weights,
     imagenet_weights_available,
     imagenet_weights_path,
-    load_vgg19_state_dict,
+    resolve_vgg19_weights,
 )
 
 __all__ = [
@@ -25,7 +27,9 @@ __all__ = [
     "LAYER_NAMES",
     "LossParts",
     "VGG19Features",
+    "VGG19Weights",
+    "VGG_WEIGHTS_CHOICES",
     "imagenet_weights_available",
     "imagenet_weights_path",
-    "load_vgg19_state_dict",
+    "resolve_vgg19_weights",
 ]

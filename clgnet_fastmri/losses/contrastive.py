@@ -35,8 +35,9 @@ loops over the K negatives, one ``B x C x H x W`` difference at a time, and form
 layer's gradient in the same pass, so it keeps one map the size of phi_j(O) per layer for the
 backward and lets the no-grad features go at once. A broadcast ``B x K x C x H x W``
 difference at relu1_1 would be K times larger (~1.6 GB for B = 10, K = 6 at 320x320 in
-float32) and, measured on CPU, 2.6-2.9x slower. Nothing is cached on the module: the
-feature maps live only in the autograd graph of the returned loss.
+float32) and slower. Nothing here disables autocast: under bf16 autocast VGG19 runs in bf16.
+Nothing is cached on the module: the feature maps live only in the autograd graph of the
+returned loss.
 """
 
 from __future__ import annotations

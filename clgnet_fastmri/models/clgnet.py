@@ -8,29 +8,12 @@ Reconstruction" (Q. Yi, J. Liu, L. Hu, F. Fang, G. Zhang), Sec. 3.1 and Fig. 2.
     O_s = Up(Conv3x3(SFRIR^4(Conv3x3(Down(F))))) + F      spatial branch, with skip
     O   = Net_out(concat[O_w, O_s])                        Conv3x3(2C -> out)   (Eq. 4)
 
-Both branch bodies work at half resolution on C channels: the 4C channels of the DWT subbands
-[LL, LH, HL, HH] (or of Down = PixelUnshuffle(2)) go through Conv3x3(4C -> C), the SFRIRs,
-and Conv3x3(C -> 4C) back (Up = PixelShuffle(2)). With C = 32: 969,153 parameters (paper
-0.96 M), half of them in each branch.
-
-Choices the paper leaves open, besides those listed in ``sfl.py``:
-
-- Down/Upsample of the spatial branch = PixelUnshuffle(2)/PixelShuffle(2): lossless, and the
-  same shapes as DWT/IDWT, which is why the branches have equal parameter counts.
-- Conv3x3(4C -> C) before and Conv3x3(C -> 4C) after the SFRIRs: Eq. 3 feeds the 4C-channel
-  subbands to SFRIRs, which keep their width; these two convolutions set it to C.
-- No long skip around the 4 SFRIRs (RCAN has one; Eq. 3 does not); Net_out is a single
-  convolution with no activation, and there is no global input residual: the output is the
-  image itself, in the input's (normalised) intensity space.
-- Wavelet: Haar, PyWavelets' dwt2 convention (``dwt.py``).
-- "w/o wavelet" ablation (Table 3): the wavelet branch is replaced by a second, separately
-  parameterised copy of the spatial branch, skip included ("the module of spatial branch"),
-  so the parameter count is unchanged.
-- Image sizes: the network needs even H and W (DWT, PixelUnshuffle). Odd sizes are padded by
-  one row/column at the bottom/right by replicating the edge, and the output is cropped back.
-  Replication rather than zeros: the Fourier unit treats its input as periodic, and a
-  zero row would add an edge the image does not have (0 is not the background level of a
-  normalised image).
+Both branch bodies work at half resolution on C channels. With C = 32: 969,153 parameters
+(paper 0.96 M), half of them in each branch. The formulas as written, and the choices the
+paper leaves open, are ``reference.py``'s ``ReferenceCLGNet``; ``CLGNet`` is an exact rewrite
+of it (same parameters and state dict) that computes in channels_last, folds the Haar
+transforms into the branch convolutions and never concatenates (see ``Branch`` and
+``_conv3x3_of_concat``).
 """
 
 from __future__ import annotations
@@ -39,44 +22,16 @@ from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from .attention import RSTB, SelfAttentionBlock
-from .dwt import DWT, IDWT
-from .sfl import SFRIR, _rows
+from .reference import GLOBAL_MODULES, ReferenceBranch, ReferenceCLGNet, make_body
+from .sfl import SFRIR, _rows, conv3x3
 
-#: Values of ``CLGNet(global_module=...)``: how each branch body learns global information.
-GLOBAL_MODULES = ("fourier", "none", "self_attention", "swin")
+__all__ = ["GLOBAL_MODULES", "Branch", "CLGNet", "make_body"]
 
 
-def make_body(chans: int, num_sfrir: int, num_sfrb: int, global_module: str) -> nn.Sequential:
-    """The per-branch body: ``num_sfrir`` SFRIRs of ``num_sfrb`` SFRBs at ``chans`` channels.
-
-    ``global_module`` selects the global-information variant of the paper's Table 4:
-    "fourier" (CLGNet: SFLs with the Fourier unit), "none" (CLGNet_non = "w/o SFL" of
-    Table 3: the FFT pair removed, local information only), "self_attention" (CLGNet_SA: the
-    "none" body with a global ``SelfAttentionBlock`` after each SFRIR) or "swin"
-    (CLGNet_Tran: SwinIR's ``RSTB`` in place of each SFRIR; ``num_sfrb`` does not apply).
-    Sizes and parameter counts of the last two: ``attention.py``.
-    """
-    if global_module not in GLOBAL_MODULES:
-        raise ValueError(f"global_module must be one of {GLOBAL_MODULES}, got {global_module!r}")
-    if global_module == "swin":
-        return nn.Sequential(*[RSTB(chans) for _ in range(num_sfrir)])
-    spectral = global_module == "fourier"
-    blocks: List[nn.Module] = []
-    for _ in range(num_sfrir):
-        blocks.append(SFRIR(chans, num_sfrb, spectral))
-        if global_module == "self_attention":
-            blocks.append(SelfAttentionBlock(chans))
-    return nn.Sequential(*blocks)
-
-
-class Branch(nn.Module):
-    """``Up(Conv3x3_C->4C(body(Conv3x3_4C->C(Down(x))))) [+ x]``: ``B x C x H x W`` in and out.
-
-    Down/Up are DWT/IDWT (the wavelet branch, no skip) or, with ``dwt``/``idwt`` None,
-    PixelUnshuffle(2)/PixelShuffle(2) (the spatial branch, with skip).
+class Branch(ReferenceBranch):
+    """``ReferenceBranch`` with the Haar transforms applied to the convolutions' weights.
 
     A Haar DWT is PixelUnshuffle(2) followed by a fixed 4 x 4 mix of each 2x2 block
     (``DWT.block_matrix``), and the IDWT is that mix undone followed by PixelShuffle(2). The
@@ -84,16 +39,6 @@ class Branch(nn.Module):
     applied to the convolutions' weights (small) instead of the feature maps (large): the
     same maths as ``head(DWT(x))`` and ``IDWT(tail(z))``, at the cost of the spatial branch.
     """
-
-    def __init__(self, chans: int, body: nn.Module, dwt: Optional[DWT], idwt: Optional[IDWT],
-                 skip: bool):
-        super().__init__()
-        self.dwt = dwt
-        self.head = nn.Conv2d(4 * chans, chans, kernel_size=3, padding=1)
-        self.body = body
-        self.tail = nn.Conv2d(chans, 4 * chans, kernel_size=3, padding=1)
-        self.idwt = idwt
-        self.skip = skip
 
     def forward(self, x: Tensor, blocks: Optional[Tensor] = None) -> Tensor:
         """``blocks``: ``pixel_unshuffle(x, 2)`` if the caller has it already."""
@@ -112,7 +57,7 @@ class Branch(nn.Module):
                                   mix.to(weight.dtype)).reshape(weight.shape)
         if blocks is None:
             blocks = F.pixel_unshuffle(x, 2)
-        return F.conv2d(blocks, weight, self.head.bias, padding=1)
+        return conv3x3(blocks, weight, self.head.bias)
 
     def _up_tail(self, z: Tensor) -> Tensor:
         mix = None if self.idwt is None else self.idwt.block_matrix
@@ -125,13 +70,10 @@ class Branch(nn.Module):
             weight = torch.einsum("kciuv,kq->cqiuv", weight.unflatten(0, (4, -1)), mix)
             weight = weight.reshape(self.tail.weight.shape)
             bias = torch.einsum("kc,kq->cq", bias.unflatten(0, (4, -1)), mix).reshape(-1)
-        return F.pixel_shuffle(F.conv2d(z, weight, bias, padding=1), 2)
-
-    def extra_repr(self) -> str:
-        return f"skip={self.skip}"
+        return F.pixel_shuffle(conv3x3(z, weight, bias), 2)
 
 
-class CLGNet(nn.Module):
+class CLGNet(ReferenceCLGNet):
     """CLGNet, ``B x in_chans x H x W -> B x out_chans x H x W`` for any H, W.
 
     The input is what fastmri's ``UnetDataTransform`` gives U-Net (the zero-filled magnitude
@@ -150,37 +92,11 @@ class CLGNet(nn.Module):
             "self_attention" (CLGNet_SA) or "swin" (CLGNet_Tran), see ``make_body``.
     """
 
-    def __init__(
-        self,
-        in_chans: int = 1,
-        out_chans: int = 1,
-        chans: int = 32,
-        num_sfrir: int = 4,
-        num_sfrb: int = 3,
-        wavelet: Optional[str] = "haar",
-        global_module: str = "fourier",
-    ):
-        super().__init__()
-        self.in_chans, self.out_chans, self.chans = in_chans, out_chans, chans
-        self.wavelet, self.global_module = wavelet, global_module
-
-        def branch(kind: str) -> Branch:
-            body = make_body(chans, num_sfrir, num_sfrb, global_module)
-            if kind == "wavelet":
-                return Branch(chans, body, DWT(wavelet), IDWT(wavelet), skip=False)
-            return Branch(chans, body, None, None, skip=True)
-
-        self.net_pre = nn.Conv2d(in_chans, chans, kernel_size=3, padding=1)
-        self.wavelet_branch = branch("wavelet" if wavelet is not None else "spatial")
-        self.spatial_branch = branch("spatial")
-        self.net_out = nn.Conv2d(2 * chans, out_chans, kernel_size=3, padding=1)
+    branch = Branch
+    sfrir = SFRIR
 
     def forward(self, image: Tensor) -> Tensor:
-        if image.dim() != 4 or image.shape[1] != self.in_chans:
-            raise ValueError(
-                f"CLGNet expects B x {self.in_chans} x H x W, got shape {tuple(image.shape)}"
-            )
-        h, w = image.shape[-2:]
+        h, w = self.check_input(image)
         x = F.pad(image, (0, w % 2, 0, h % 2), mode="replicate") if h % 2 or w % 2 else image
         # channels_last (NHWC) throughout: oneDNN's convolutions are much faster in it on CPU.
         feats = self.net_pre(x).contiguous(memory_format=torch.channels_last)

@@ -4,8 +4,11 @@ fastmri's ``MriModule`` (and so ``UnetModule`` and ``VarNetModule``) aggregates 
 metrics in ``validation_step_end``/``validation_epoch_end`` and saves test reconstructions in
 ``test_epoch_end``. Lightning 2 removed those hooks and refuses a model that defines them
 (fastMRI issue #308). ``Lightning2Bridge`` hides the three names from Lightning and calls
-fastmri's own implementations from the Lightning 2 hooks, so the metric code (NMSE, PSNR and
-SSIM per volume, summed across DDP ranks) and ``fastmri.save_reconstructions`` stay fastmri's.
+fastmri's own validation implementations from the Lightning 2 hooks, so the metric code
+(NMSE, PSNR and SSIM per volume, summed across DDP ranks) stays fastmri's. Test
+reconstructions are gathered as fastmri's ``test_epoch_end`` does, but written by
+``files.save_reconstructions`` instead of ``fastmri.save_reconstructions``: each file
+atomically and verified, so a full disk or a kill never leaves a broken file under its name.
 It also fixes the two places where the legacy code assumes Lightning 1 objects:
 ``trainer.val_dataloaders[0]`` and a TensorBoard-only ``log_image``, and hands fastmri's
 metric and saving code float32 tensors under ``precision="bf16-true"``/``"16-true"`` (it
@@ -15,6 +18,8 @@ converts them to numpy, which has no bfloat16).
 from __future__ import annotations
 
 import argparse
+from collections import defaultdict
+from pathlib import Path
 from typing import Any, Dict, List
 
 import numpy as np
@@ -22,6 +27,7 @@ import torch
 from fastmri.pl_modules import MriModule, UnetModule, VarNetModule
 from pytorch_lightning.loggers import TensorBoardLogger
 
+from ..files import save_reconstructions
 from ..settings import MAX_CHANS, Rule, add_signature_arguments
 
 
@@ -82,8 +88,20 @@ class Lightning2Bridge:
         self._test_logs.append(outputs)
 
     def on_test_epoch_end(self) -> None:
-        MriModule.test_epoch_end(self, self._test_logs)
+        """``MriModule.test_epoch_end`` with an atomic, verified writer."""
+        # A dict per file: DDP padding can repeat slices.
+        outputs: Dict[str, Dict[int, np.ndarray]] = defaultdict(dict)
+        for log in self._test_logs:
+            for i, (fname, slice_num) in enumerate(zip(log["fname"], log["slice"])):
+                outputs[fname][int(slice_num)] = log["output"][i]
         self._test_logs = []
+        volumes = {
+            fname: np.stack([out for _, out in sorted(slices.items())])
+            for fname, slices in outputs.items()
+        }
+        save_path = Path(self.trainer.default_root_dir) / "reconstructions"
+        self.print(f"Saving reconstructions to {save_path}")
+        save_reconstructions(volumes, save_path)
 
     def log_image(self, name: str, image: torch.Tensor) -> None:
         """Log a 1 x H x W image in [0, 1] to every logger that takes images.

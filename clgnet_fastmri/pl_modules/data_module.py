@@ -98,7 +98,8 @@ class CLGNetDataModule(FastMriDataModule):
 
         sampler = None
         if self.distributed_sampler:
-            sampler = DistributedSampler(dataset) if is_train else VolumeSampler(dataset, shuffle=False)
+            sampler = (DistributedSampler(dataset) if is_train
+                       else VolumeSampler(dataset, shuffle=False))
         return DataLoader(
             dataset=dataset,
             batch_size=self.batch_size,
