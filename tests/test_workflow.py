@@ -270,11 +270,19 @@ def test_bf16_true_trains_and_predicts_on_cpu(knee_data, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(raises=RuntimeError, strict=True,
-                   reason="CLGNet's Fourier unit mixes float32 and bfloat16 on this main "
-                   "(models/, issue 15 item 5)")
-def test_clgnet_bf16_true_trains_on_cpu(knee_data, tmp_path):
-    argv = ["train", "--chans", "4", "--num_sfrir", "1", "--num_sfrb", "1", "--alpha", "0",
-            "--batch_size", "2", *COMMON, "--data_path", str(knee_data), "--default_root_dir",
-            str(tmp_path), "--max_epochs", "1", "--precision", "bf16-true"]
-    assert cli.main(argv) == 0
+def test_clgnet_bf16_true_trains_and_predicts_on_cpu(knee_data, tmp_path):
+    root = tmp_path / "run"
+    assert cli.main(["train", "--chans", "4", "--num_sfrir", "1", "--num_sfrb", "1",
+                     "--alpha", "0", "--batch_size", "2", *COMMON, "--data_path", str(knee_data),
+                     "--default_root_dir", str(root), "--max_epochs", "1",
+                     "--precision", "bf16-true"]) == 0
+    last = root / "checkpoints" / "last.ckpt"
+    state = torch.load(last, weights_only=True)["state_dict"]
+    assert state["clgnet.net_pre.weight"].dtype == torch.bfloat16
+    out = tmp_path / "sub"
+    assert cli.main(["predict", "--checkpoint", str(last), "--data_path",
+                     str(knee_data / "singlecoil_test"), "--output", str(out), "--quiet",
+                     "--precision", "bf16-true"]) == 0
+    with h5py.File(out / "file_knee_test_0000.h5") as hf:
+        recons = hf["reconstruction"][()]
+    assert recons.shape == (3, 32, 32) and np.isfinite(recons).all()
