@@ -80,17 +80,24 @@ def _unreadable(path: Path) -> UserError:
     )
 
 
-def run_record(kind: ModelKind, challenge: str) -> Dict[str, str]:
-    """What a checkpoint records about its training: model kind, challenge, normalisation."""
-    return {"model_kind": kind.name, "challenge": challenge,
-            "normalisation": kind.normalisation}
+def run_record(kind: ModelKind, challenge: str,
+               vgg_weights: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """What a checkpoint records about its training: model kind, challenge, normalisation,
+    and for a contrastive loss the VGG19 weights it used (``VGG19Weights.record``: imagenet,
+    random or file, with the file's path and SHA-256)."""
+    record: Dict[str, Any] = {"model_kind": kind.name, "challenge": challenge,
+                              "normalisation": kind.normalisation}
+    if vgg_weights is not None:
+        record["vgg_weights"] = dict(vgg_weights)
+    return record
 
 
 class RecordRun(Callback):
-    """Write ``run_record(kind, challenge)`` into every checkpoint the trainer saves."""
+    """Write ``run_record(...)`` into every checkpoint the trainer saves."""
 
-    def __init__(self, kind: ModelKind, challenge: str):
-        self.record = run_record(kind, challenge)
+    def __init__(self, kind: ModelKind, challenge: str,
+                 vgg_weights: Optional[Mapping[str, Any]] = None):
+        self.record = run_record(kind, challenge, vgg_weights)
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            checkpoint: Dict[str, Any]) -> None:

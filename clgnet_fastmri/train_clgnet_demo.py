@@ -50,7 +50,7 @@ from .evaluate import format_table, score_folder, write_json
 from .extensions import enabled_extension, extensions
 from .figures import collect_slices, save_figure
 from .files import atomic_output, ensure_writable_dir, remove_partials
-from .losses import imagenet_weights_available, imagenet_weights_path
+from .losses import VGG19Weights, resolve_vgg19_weights
 from .pl_modules.data_module import CLGNetDataModule
 from .pl_modules.kinds import KINDS, ModelKind, model_settings
 from .predict import reconstruct, write_volume
@@ -190,11 +190,12 @@ def run(args: argparse.Namespace) -> int:
     pl.seed_everything(args.seed, workers=True)
 
     data_module = build_data_module(args)
-    trainer = build_trainer(args)
+    vgg = resolve_vgg(args) if args.mode == "train" else None
+    trainer = build_trainer(args, vgg)
     checkpoints = args.default_root_dir / "checkpoints"
     if args.mode == "train":
         remove_partials(checkpoints)  # a run killed while saving leaves its temporary file
-        model = build_module(args)
+        model = build_module(args, vgg)
         resume = resume_path(args, checkpoints)
         if resume is not None:
             check_resume(resume, model, kind, args.challenge)
@@ -289,41 +290,35 @@ def build_data_module(args: argparse.Namespace) -> CLGNetDataModule:
     )
 
 
-def build_module(args: argparse.Namespace) -> pl.LightningModule:
+def build_module(args: argparse.Namespace,
+                 vgg: Optional[VGG19Weights] = None) -> pl.LightningModule:
     """The ``--model``'s module (``CLGNetModule``, ``UnetModule``, ``VarNetModule``), or the
     module of the training extension the options enable (e.g. ``--banding``: the
     orientation adversary beside CLGNet)."""
     extension = enabled_extension(args)
     if extension is None:
-        return KINDS[args.model].module(**module_kwargs(args))
-    return extension.build_module(args, module_kwargs(args))
+        return KINDS[args.model].module(**module_kwargs(args, vgg))
+    return extension.build_module(args, module_kwargs(args, vgg))
 
 
-def module_kwargs(args: argparse.Namespace) -> dict:
-    """The ``--model``'s module arguments from the parsed options; for CLGNet,
-    ``--vgg_weights auto`` resolved, and no VGG19 at all when ``--alpha 0``."""
+def module_kwargs(args: argparse.Namespace,
+                  vgg: Optional[VGG19Weights] = None) -> dict:
+    """The ``--model``'s module arguments from the parsed options; for CLGNet, the weights
+    ``vgg`` (``resolve_vgg(args)`` when not given) as an argument that never downloads again,
+    and no VGG19 at all when ``--alpha 0``."""
     kwargs = model_kwargs(args, model_settings())
     if args.model == "clgnet":
-        kwargs["vgg_weights"] = (
-            resolve_vgg_weights(kwargs["vgg_weights"]) if kwargs["alpha"] > 0 else None
-        )
+        vgg = vgg or resolve_vgg(args)
+        kwargs["vgg_weights"] = None if vgg is None else vgg.argument
     return kwargs
 
 
-def resolve_vgg_weights(choice: Optional[str]) -> Optional[str]:
-    """Turn ``--vgg_weights`` into ``VGG19Features``' argument ("imagenet", a path or None)."""
-    if choice != "auto":
-        return choice
-    if imagenet_weights_available():
-        return "imagenet"
-    log.warning(
-        "WARNING: the ImageNet VGG19 weights are not in %s, so the contrastive loss uses a "
-        "randomly initialised VGG19 (the paper uses ImageNet weights). To follow the paper, "
-        "put vgg19-dcbb9e9d.pth there (or pass --vgg_weights PATH); --vgg_weights random "
-        "silences this warning.",
-        imagenet_weights_path(),
-    )
-    return None
+def resolve_vgg(args: argparse.Namespace) -> Optional[VGG19Weights]:
+    """The VGG19 weights of CLGNet's contrastive loss (``--vgg_weights``; ``auto`` may
+    download them, or fall back to random weights with a warning); None without that loss."""
+    if args.model != "clgnet" or model_kwargs(args, model_settings())["alpha"] == 0:
+        return None
+    return resolve_vgg19_weights(model_kwargs(args, model_settings())["vgg_weights"])
 
 
 def _devices(text: str):
@@ -334,7 +329,8 @@ def _is_distributed(args: argparse.Namespace) -> bool:
     return str(args.strategy).startswith("ddp") or args.num_nodes > 1
 
 
-def build_trainer(args: argparse.Namespace) -> pl.Trainer:
+def build_trainer(args: argparse.Namespace,
+                  vgg: Optional[VGG19Weights] = None) -> pl.Trainer:
     root = args.default_root_dir
     callbacks = [
         ModelCheckpoint(
@@ -346,7 +342,7 @@ def build_trainer(args: argparse.Namespace) -> pl.Trainer:
             save_last=True,
             every_n_train_steps=args.checkpoint_every_n_steps,
         ),
-        RecordRun(KINDS[args.model], args.challenge),
+        RecordRun(KINDS[args.model], args.challenge, None if vgg is None else vgg.record),
     ]
     optional = {
         "limit_train_batches": args.limit_train_batches,
@@ -479,9 +475,13 @@ def test(
         f"mean PSNR {means['PSNR']:.2f} dB, SSIM {means['SSIM']:.4f} "
         f"(zero-filled input: {baseline['PSNR']:.2f} dB, {baseline['SSIM']:.4f})"
     )
+    vgg_weights = read_record(checkpoint, read_checkpoint(checkpoint)).get("vgg_weights")
+    if vgg_weights is not None and vgg_weights["vgg_weights"] == "random":
+        print("note: the contrastive loss was computed in a randomly initialised VGG19's "
+              "feature space, not ImageNet's as in the paper (see --vgg_weights)")
     write_json(result, root / "metrics.json", checkpoint=str(checkpoint),
                model=args.model, challenge=args.challenge, targets=str(targets),
-               zero_filled_mean=baseline)
+               zero_filled_mean=baseline, vgg_weights=vgg_weights)
     views = collect_slices(dataset, reconstructions, targets, TARGET_KEYS[args.challenge])
     save_figure(views, root / "reconstructions.png")
     print(f"figure: {root / 'reconstructions.png'}")

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from clgnet_fastmri import cli
+from clgnet_fastmri.checkpoints import RECORD_KEY
 
 pytestmark = pytest.mark.slow
 
@@ -43,6 +44,13 @@ def test_train_then_test_writes_reconstructions_metrics_and_figure(
     assert metrics["num_volumes"] == len(test_files)
     assert np.isfinite(metrics["mean"]["PSNR"])
     assert (root / "reconstructions.png").stat().st_size > 0
+
+    # The VGG19 weights the contrastive loss used, in the checkpoint, metrics and summary.
+    used = {"vgg_weights": "random", "path": None, "sha256": None}
+    last = torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last[RECORD_KEY]["vgg_weights"] == used
+    assert metrics["vgg_weights"] == used
+    assert "randomly initialised VGG19" in out
 
 
 @pytest.mark.reliability
