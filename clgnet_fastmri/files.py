@@ -368,3 +368,41 @@ def check_output_root(out: Path, names: Sequence[str], overwrite: bool,
             p = out / name
             if p.is_symlink() or (p.exists() and not p.is_dir()):
                 raise UserError(f"{p}: exists and is not a folder; move it away first")
+
+
+@contextlib.contextmanager
+def staged_dataset_root(out: Path, names: Sequence[str], overwrite: bool,
+                        staging_prefix: str) -> Iterator[Tuple[Path, Path]]:
+    """Write split folders ``names`` into the dataset root ``out`` all at once.
+
+    Checks ``out`` (``check_output_root``), creates it if needed, removes staging folders that
+    a killed run left, and yields ``(out, staging)``: the caller writes each of ``names``
+    inside ``staging`` (a hidden folder in ``out``). On success the folders replace those of
+    ``out`` (``swap_into_place``); on any error, Ctrl-C included, the staging folder goes and
+    a root created here is removed again, so nothing half-written remains.
+    """
+    check_output_root(out, names, overwrite, staging_prefix)
+    created = not out.exists()
+    out = ensure_writable_dir(out)
+    for stale in out.glob(f"{staging_prefix}*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = None
+    try:
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=staging_prefix, suffix=".partial", dir=out))
+        except OSError as exc:
+            raise UserError(f"{out}: cannot write there ({exc.strerror})") from None
+        for name in names:
+            (staging / name).mkdir()
+        yield out, staging
+        swap_into_place(staging, out, list(names))
+    except BaseException:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+        if created:
+            try:
+                out.rmdir()  # only if still empty
+            except OSError:
+                pass
+        raise
+    shutil.rmtree(staging, ignore_errors=True)

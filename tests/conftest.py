@@ -74,3 +74,18 @@ def make_trainer():
         return pl.Trainer(**options)
 
     return make
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """``run_cli(argv)``: ``clgnet-fastmri`` in-process; its exit code and its stderr lines."""
+    from clgnet_fastmri import cli
+
+    def run(argv):
+        try:
+            code = cli.main(argv)
+        except SystemExit as exc:  # argparse's usage errors
+            code = exc.code
+        return code, capsys.readouterr().err.strip().splitlines()
+
+    return run

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from clgnet_fastmri import cli
 from clgnet_fastmri.checkpoints import load_clgnet
 from clgnet_fastmri.errors import UserError
 from clgnet_fastmri.models import CLGNet
@@ -74,12 +73,6 @@ def test_registry_builds_each_variant_network():
             assert set(variant.kwargs) <= set(CLGNetModule.RULES), name
 
 
-def run_cli(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse's usage errors
-        code = exc.code
-    return code, capsys.readouterr().err.strip().splitlines()
 
 
 BAD_TRAIN = [
@@ -119,10 +112,10 @@ BAD_TRAIN = [
 
 @pytest.mark.reliability
 @pytest.mark.parametrize("argv, option", BAD_TRAIN, ids=[" ".join(a) for a, _ in BAD_TRAIN])
-def test_bad_train_values_are_one_line_errors_before_any_work(argv, option, tmp_path, capsys):
+def test_bad_train_values_are_one_line_errors_before_any_work(argv, option, tmp_path, run_cli):
     root = tmp_path / "run"
     code, lines = run_cli(["train", "--data_path", str(tmp_path / "nodata"),
-                           "--default_root_dir", str(root), *argv], capsys)
+                           "--default_root_dir", str(root), *argv])
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("clgnet-fastmri train: error:"), lines
     assert option in lines[0]
@@ -148,8 +141,8 @@ BAD_OTHER = [
 
 @pytest.mark.reliability
 @pytest.mark.parametrize("argv, option", BAD_OTHER, ids=[" ".join(a) for a, _ in BAD_OTHER])
-def test_bad_values_of_other_commands_are_one_line_errors(argv, option, capsys):
-    code, lines = run_cli(argv, capsys)
+def test_bad_values_of_other_commands_are_one_line_errors(argv, option, run_cli):
+    code, lines = run_cli(argv)
     assert code == 2
     assert len(lines) == 1 and "error:" in lines[0] and option in lines[0], lines
 
@@ -163,8 +156,8 @@ def test_bad_values_of_other_commands_are_one_line_errors(argv, option, capsys):
     (["predict", "--checkpoint", "x.ckpt", "--data_path", "d", "--output", "o",
       "--device", "cuda:0"], "--device cuda:0"),
 ])
-def test_a_missing_gpu_is_named(argv, option, capsys):
-    code, lines = run_cli(argv, capsys)
+def test_a_missing_gpu_is_named(argv, option, run_cli):
+    code, lines = run_cli(argv)
     assert code == 2 and len(lines) == 1 and option in lines[0] and "CUDA" in lines[0], lines
 
 

@@ -30,14 +30,6 @@ TINY = {
 }
 
 
-def run_cli(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:  # argparse's usage errors
-        code = exc.code
-    return code, capsys.readouterr().err.strip().splitlines()
-
-
 def parse_train(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -84,10 +76,10 @@ def test_each_model_gets_fastmri_demo_defaults():
     (["--mode", "test", "--checkpoint", "a.ckpt", "--resume_from_checkpoint", "b.ckpt"],
      ["--checkpoint a.ckpt"]),
 ])
-def test_bad_model_options_and_conflicting_synonyms_are_refused(argv, words, tmp_path, capsys):
+def test_bad_model_options_and_conflicting_synonyms_are_refused(argv, words, tmp_path, run_cli):
     root = tmp_path / "run"
     code, lines = run_cli(["train", "--data_path", str(tmp_path / "nodata"),
-                           "--default_root_dir", str(root), *argv], capsys)
+                           "--default_root_dir", str(root), *argv])
     assert code == 2
     assert len(lines) == 1 and lines[0].startswith("clgnet-fastmri train: error:"), lines
     assert all(word in lines[0] for word in words), lines[0]
@@ -188,12 +180,12 @@ def test_resume_from_checkpoint_continues_at_the_saved_step(unet_run, knee_data,
 
 
 @pytest.mark.reliability
-def test_resume_or_test_with_another_kind_is_refused(tmp_path, capsys):
+def test_resume_or_test_with_another_kind_is_refused(tmp_path, run_cli):
     path = save_checkpoint(UnetModule(chans=4, num_pool_layers=2), "unet", "singlecoil",
                            tmp_path / "u.ckpt")
     code, lines = run_cli(["train", "--data_path", str(tmp_path), "--mode", "test",
                            "--default_root_dir", str(tmp_path / "run"),
-                           "--resume_from_checkpoint", str(path)], capsys)
+                           "--resume_from_checkpoint", str(path)])
     assert code == 2 and len(lines) == 1 and "pass --model unet" in lines[0], lines
 
 
@@ -209,13 +201,13 @@ def save_checkpoint(module, model: str, challenge, path: Path) -> Path:
 
 
 @pytest.mark.reliability
-def test_predict_refuses_the_other_challenge_unless_told(multicoil_data, tmp_path, capsys):
+def test_predict_refuses_the_other_challenge_unless_told(multicoil_data, tmp_path, run_cli):
     torch.manual_seed(0)
     path = save_checkpoint(UnetModule(chans=4, num_pool_layers=2), "unet", "singlecoil",
                            tmp_path / "sc.ckpt")
     argv = ["predict", "--checkpoint", str(path), "--data_path",
             str(multicoil_data / "multicoil_test"), "--challenge", "multicoil", "--quiet"]
-    code, lines = run_cli([*argv, "--output", str(tmp_path / "refused")], capsys)
+    code, lines = run_cli([*argv, "--output", str(tmp_path / "refused")])
     assert code == 2 and len(lines) == 1, lines
     assert "trained on singlecoil data" in lines[0] and "--allow_challenge_mismatch" in lines[0]
     assert not (tmp_path / "refused").exists()
@@ -236,12 +228,12 @@ def test_old_checkpoint_without_record_loads_as_clgnet_for_any_challenge(tmp_pat
 
 
 @pytest.mark.reliability
-def test_varnet_checkpoint_on_singlecoil_data_is_refused(knee_data, tmp_path, capsys):
+def test_varnet_checkpoint_on_singlecoil_data_is_refused(knee_data, tmp_path, run_cli):
     module = FastMriVarNetModule(num_cascades=1, pools=2, chans=4, sens_pools=2, sens_chans=4)
     path = save_checkpoint(module, "varnet", "multicoil", tmp_path / "v.ckpt")
     code, lines = run_cli(["predict", "--checkpoint", str(path), "--data_path",
                            str(knee_data / "singlecoil_test"), "--output", str(tmp_path / "o"),
-                           "--allow_challenge_mismatch"], capsys)
+                           "--allow_challenge_mismatch"])
     assert code == 2 and len(lines) == 1 and "needs multicoil data" in lines[0], lines
 
 

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
-import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -48,7 +46,7 @@ from fastmri.data.subsample import create_mask_for_mask_type
 from tqdm import tqdm
 
 from ..errors import DataError, UserError
-from ..files import check_output_root, ensure_writable_dir, h5_output, swap_into_place
+from ..files import h5_output, staged_dataset_root
 from . import cc359, nifti
 from .header import ismrmrd_header
 from .synthetic import center_fraction
@@ -404,32 +402,10 @@ def convert(args: argparse.Namespace) -> ConvertSummary:
     names = {s: f"{challenge}_{s}" for s in SPLITS if by_split[s]}
     if "test" in names:
         names["test_gt"] = f"{challenge}_test_gt"
-    check_output_root(out, list(names.values()), args.overwrite, _STAGING_PREFIX)
-    created = not out.exists()
-    out = ensure_writable_dir(out)
-    for stale in out.glob(f"{_STAGING_PREFIX}*.partial"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = None
-    try:
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, suffix=".partial", dir=out))
-        except OSError as exc:
-            raise UserError(f"{out}: cannot write there ({exc.strerror})") from None
-        for name in names.values():
-            (staging / name).mkdir()
+    with staged_dataset_root(out, list(names.values()), args.overwrite, _STAGING_PREFIX) as (
+            out, staging):
         volumes, slices = _write_all(args, sources, by_split, challenge, mask_spec, staging,
                                      names, skipped)
-        swap_into_place(staging, out, list(names.values()))
-    except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            try:
-                out.rmdir()  # only if still empty
-            except OSError:
-                pass
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
     return ConvertSummary(
         root=out, fmt=args.format, challenge=challenge, seed=args.seed,
         folders={key: out / name for key, name in names.items()}, subjects=by_split,

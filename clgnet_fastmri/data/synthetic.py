@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from fastmri.data.subsample import RandomMaskFunc
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..files import check_output_root, ensure_writable_dir, h5_output, swap_into_place
+from ..files import h5_output, staged_dataset_root
 from .brain_phantom import Brain
 from .checks import TARGET_KEYS
 from .knee_phantom import Knee
@@ -532,34 +531,16 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
     if "test" in counts:
         names["test_gt"] = f"{challenge}_test_gt"
     out = Path(out_dir)
-    check_output_root(out, list(names.values()), overwrite, _STAGING_PREFIX)
-    created = not out.exists()
-    out = ensure_writable_dir(out)
     started = time.perf_counter()
-    staging = None
-    try:
+    with staged_dataset_root(out, list(names.values()), overwrite, _STAGING_PREFIX) as (
+            out, staging):
         free = shutil.disk_usage(out).free
         if needed > free:
             raise UserError(f"{out}: this dataset needs about {needed / 1e9:.2f} GB but only "
                             f"{free / 1e9:.2f} GB are free; use fewer or smaller volumes")
-        try:
-            staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, suffix=".partial", dir=out))
-        except OSError as exc:
-            raise UserError(f"{out}: cannot write there ({exc.strerror})") from None
         files, acq_counts = _write_splits(staging, names, counts, anatomy, challenge,
                                           tshape[-1], tshape[0], num_coils, accs, seed,
                                           progress)
-        swap_into_place(staging, out, list(names.values()))
-    except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
-        if created:
-            try:
-                out.rmdir()  # only if still empty
-            except OSError:
-                pass
-        raise
-    shutil.rmtree(staging, ignore_errors=True)
     folders = {key: out / name for key, name in names.items()}
     files = {key: [folders[key] / p.name for p in paths] for key, paths in files.items()}
     written = sum(p.stat().st_size for paths in files.values() for p in paths)
@@ -573,8 +554,6 @@ def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
 def _write_splits(staging: Path, names: Dict[str, str], counts: Dict[str, int], anatomy: str,
                   challenge: str, size: int, num_slices: int, num_coils: Optional[int],
                   accs: Tuple[int, ...], seed: int, progress: bool):
-    for name in names.values():
-        (staging / name).mkdir()
     files: Dict[str, List[Path]] = {key: [] for key in names}
     acq_counts: Dict[str, int] = {}
     key = TARGET_KEYS[challenge]
