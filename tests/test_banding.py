@@ -463,9 +463,12 @@ def test_unet_baseline_trains_with_the_adversary(knee_data, tmp_path, make_train
 
 
 def _demo_args(*argv: str) -> argparse.Namespace:
+    """``clgnet-fastmri train``'s options, the model's defaults filled in as ``run`` does."""
     parser = argparse.ArgumentParser()
     train_clgnet_demo.add_arguments(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    train_clgnet_demo.resolve_model(args, demo=False)
+    return args
 
 
 def test_demo_banding_option_builds_the_module_and_the_augmentation(knee_data, tiny, tiny_argv):
