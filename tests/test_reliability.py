@@ -27,7 +27,7 @@ import torch
 from fastmri.data.subsample import RandomMaskFunc
 
 from clgnet_fastmri import cli, files
-from clgnet_fastmri.checkpoints import AtomicCheckpointIO
+from clgnet_fastmri.checkpoints import RECORD_KEY, AtomicCheckpointIO, run_record
 from clgnet_fastmri.data.checks import check_volume
 from clgnet_fastmri.data.mri_data import CheckedSliceDataset
 from clgnet_fastmri.data.synthetic import make_dataset
@@ -37,6 +37,7 @@ from clgnet_fastmri.figures import SliceView, save_figure
 from clgnet_fastmri.files import write_json, write_volume
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
 from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
+from clgnet_fastmri.pl_modules.kinds import KINDS
 from clgnet_fastmri.predict import predict, write_zip
 
 pytestmark = pytest.mark.reliability
@@ -121,7 +122,8 @@ def test_train_on_an_empty_or_missing_folder(tmp_path, capsys):
 def checkpoint(tmp_path_factory) -> Path:
     module = CLGNetModule(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None)
     path = tmp_path_factory.mktemp("ckpt") / "m.ckpt"
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                RECORD_KEY: run_record(KINDS["clgnet"], "singlecoil")}, path)
     return path
 
 
