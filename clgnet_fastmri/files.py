@@ -77,14 +77,8 @@ def atomic_output(
     """
     path = Path(path)
     shown = Path(shown or path)
-    try:
+    with _creating_in(path.parent, shown, "choose a folder you can write to"):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    except OSError as exc:
-        if _no_space(exc, path.parent):
-            raise _no_space_error(shown) from None
-        raise UserError(
-            f"{shown}: cannot write there ({exc.strerror}); choose a folder you can write to"
-        ) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -114,6 +108,19 @@ def _no_space(exc: BaseException, folder: Path) -> bool:
         except OSError:
             return False
     return False
+
+
+@contextlib.contextmanager
+def _creating_in(folder: Path, shown: Path, fix: str,
+                 named: Optional[Path] = None) -> Iterator[None]:
+    """Turn an ``OSError`` of creating a temporary file or folder in ``folder`` into one line:
+    "no space left" naming ``shown``, else "cannot write there" naming ``named`` (``shown``)."""
+    try:
+        yield
+    except OSError as exc:
+        if _no_space(exc, folder):
+            raise _no_space_error(shown) from None
+        raise UserError(f"{named or shown}: cannot write there ({exc.strerror}); {fix}") from None
 
 
 def _no_space_error(path: Path) -> UserError:
@@ -266,16 +273,10 @@ def staged_folder(final: PathLike) -> Iterator[Path]:
     a kill during the swap is repaired by ``recover_folder``.
     """
     final = Path(final)
-    try:
+    with _creating_in(final.parent, final, "choose another output", named=final.parent):
         staging = Path(
             tempfile.mkdtemp(prefix=f".{final.name}.staging.", suffix=".partial", dir=final.parent)
         )
-    except OSError as exc:
-        if _no_space(exc, final.parent):
-            raise _no_space_error(final) from None
-        raise UserError(
-            f"{final.parent}: cannot write there ({exc.strerror}); choose another output"
-        ) from None
     try:
         yield staging
         os.chmod(staging, 0o777 & ~_current_umask())
@@ -388,10 +389,8 @@ def staged_dataset_root(out: Path, names: Sequence[str], overwrite: bool,
         shutil.rmtree(stale, ignore_errors=True)
     staging = None
     try:
-        try:
+        with _creating_in(out, out, "choose a folder you can write to"):
             staging = Path(tempfile.mkdtemp(prefix=staging_prefix, suffix=".partial", dir=out))
-        except OSError as exc:
-            raise UserError(f"{out}: cannot write there ({exc.strerror})") from None
         for name in names:
             (staging / name).mkdir()
         yield out, staging
