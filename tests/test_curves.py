@@ -109,3 +109,19 @@ def test_killed_curves_run_continues_where_it_stopped(knee_data, tmp_path):
     (run,) = json.loads(report.read_text())["runs"].values()
     assert [p["step"] for p in run["points"]] == [2, 4, 6]  # none lost, none repeated
     assert run["stopped"] == "max_steps"
+
+
+@pytest.mark.slow
+def test_runs_ended_by_their_budget_continue_with_a_larger_one(knee_data, tmp_path):
+    out = tmp_path / "curves"
+    args = _args(knee_data, out)
+    args[args.index("--models") + 1:args.index("--eval-every")] = [TINY[0]]
+    assert main([*args, "--max-minutes", "1e-6"]) == 0
+    (run,) = json.loads((out / "curves.json").read_text())["runs"].values()
+    assert run["stopped"] == "max_minutes" and [p["step"] for p in run["points"]] == [1]
+
+    assert main([*args, "--max-minutes", "60"]) == 0
+    report = json.loads((out / "curves.json").read_text())
+    (run,) = report["runs"].values()
+    assert [p["step"] for p in run["points"]] == [1, 2, 4, 6]  # continued, none repeated
+    assert run["stopped"] == "max_steps" and report["settings"]["max_minutes"] == 60

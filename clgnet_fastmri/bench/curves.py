@@ -11,7 +11,8 @@ Written to ``--output-dir``: ``<run>/last.ckpt`` (the resume point, saved at eve
 evaluation), ``curves.json`` (every run's points, stop reason and summary) and
 ``curves.png`` (PSNR against steps and against training seconds, every model on one plot).
 Started again with the same arguments, a killed run continues from its last evaluation and
-finished runs are not repeated.
+finished runs are not repeated; started again with a larger ``--max-minutes``, runs that
+its budget ended continue from where they stopped.
 
 Choices:
 
@@ -117,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
     for name, overrides in specs:
         key = run_name(name, overrides)
         done = report["runs"].get(key, {}).get("stopped")
-        if done:
+        if done and not (done == "max_minutes" and _budget_left(report["runs"][key], args)):
             print(f"[bench curves] {key}: finished earlier ({done})", file=sys.stderr)
             continue
 
@@ -145,22 +146,31 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--plateau-db must be >= 0, got {args.plateau_db}")
 
 
+def _budget_left(run: Dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether ``--max-minutes`` leaves time for a run that an earlier budget stopped."""
+    spent = run["points"][-1][CLOCKS[args.clock]] if run.get("points") else 0.0
+    return args.max_minutes is None or spent < 60 * args.max_minutes
+
+
 def curve_dataset(anatomy: str, challenge: str, size: int = CURVE_DATA["size"]) -> Path:
     """The built-in learning-curve set of ``anatomy``, generated once into the cache."""
     return demo.cached_dataset(dict(CURVE_DATA, anatomy=anatomy, size=size), challenge)
 
 
 def _read_report(path: Path, args: argparse.Namespace) -> Dict[str, Any]:
-    """The report of an earlier run with the same settings, or a new one."""
+    """The report of an earlier run with the same settings (``--max-minutes`` may differ:
+    a budget can be extended), or a new one."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
                 if k not in ("models", "no_progress_bar", "bench", "command")}
     if path.is_file():
         report = json.loads(path.read_text())
-        if report.get("settings") != settings:
+        if {**report.get("settings", {}), "max_minutes": None} != {**settings,
+                                                                   "max_minutes": None}:
             raise UserError(
                 f"{path}: written by a run with other settings; use another --output-dir "
-                "or the same arguments to continue it"
+                "or the same arguments (a larger --max-minutes allowed) to continue it"
             )
+        report["settings"]["max_minutes"] = args.max_minutes
         return report
     return {"settings": settings, "meta": {"torch": torch.__version__, "cpu": _cpu_name(),
                                            "date": datetime.date.today().isoformat()},

@@ -15,10 +15,14 @@ by side:
   only and with CLGNet's loss ``L1 + 0.05 L_CL`` (VGG19 randomly initialised: the ImageNet
   weights are not needed to time it). The difference is the contrastive loss's cost, reported
   beside its share of the step's FLOPs (forward and backward, counted the same way).
-- peak memory of one call after the warm-up: on CUDA ``torch.cuda.max_memory_allocated``;
+- peak memory of one call after a warm-up call: on CUDA ``torch.cuda.max_memory_allocated``;
   on CPU the peak resident set size above the call's start (``/proc/self/statm`` sampled every
-  millisecond by a thread, after glibc's ``malloc_trim`` has returned freed memory to the
-  OS), i.e. the memory the calls took, allocator caching included.
+  millisecond by a thread), in a child process per network whose glibc gives every block
+  above 64 KiB its own mapping, unmapped when freed (``MALLOC_MMAP_THRESHOLD_``): the figure
+  is then the tensors the call holds at once, as on CUDA. Under glibc's default (a threshold
+  that rises to the largest block freed so far) freed blocks stay in its heap, and the
+  resident set follows the order of allocations more than the network; in the timing process
+  that default is left alone, since mapping every block slows every call.
 
 Each time is also given as a ratio to U-Net's time at the same size in the same run: on a
 shared machine the ratio is the figure to read. One run measures one setting of ``--device``,
@@ -32,13 +36,14 @@ import contextlib
 import ctypes
 import datetime
 import json
+import multiprocessing
 import os
 import platform
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -162,10 +167,60 @@ def measure_side_by_side(names: Sequence[str], size: int, args: argparse.Namespa
     prepared = [prepare(name, size, args, device) for name in names]
     for key in prepared[0][1]:
         calls = [fns[key] for _, fns in prepared]
-        for (row, _), (seconds, peak) in zip(prepared, timed(calls, args.warmup, args.repeats,
-                                                             device)):
-            row[f"{key}_s"], row[f"{key}_peak_mb"] = seconds, peak
+        for (row, _), seconds in zip(prepared, timed(calls, args.warmup, args.repeats, device)):
+            row[f"{key}_s"] = seconds
+    for name, (row, calls) in zip(names, prepared):
+        peaks = (peak_memories(calls, device) if device.type == "cuda"
+                 else _in_child(_child_peak_memories, name, size, args))
+        row.update({f"{key}_peak_mb": mib for key, mib in peaks.items()})
     return [row for row, _ in prepared]
+
+
+def peak_memories(calls: Dict[str, Callable[[], None]], device: torch.device) -> Dict[str, float]:
+    """Peak memory (MiB) of each call, each after one warm-up call of its own."""
+    peaks = {}
+    for key, fn in calls.items():
+        fn()
+        _sync(device)
+        with peak_memory(device) as peak:
+            fn()
+            _sync(device)
+        peaks[key] = peak()
+    return peaks
+
+
+def _child_peak_memories(name: str, size: int, args: argparse.Namespace) -> Dict[str, float]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device("cpu")
+    return peak_memories(prepare(name, size, args, device)[1], device)
+
+
+def _in_child(fn: Callable[..., Dict[str, float]], *fn_args: Any) -> Dict[str, float]:
+    """``fn(*fn_args)`` in a fresh Python process whose glibc maps blocks above 64 KiB on
+    their own (see the module doc)."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    child = context.Process(target=_send_result, args=(send, fn, fn_args))
+    saved = dict(os.environ)
+    os.environ.update(MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072")
+    try:
+        child.start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    send.close()
+    try:
+        result = receive.recv()
+    except EOFError:
+        raise RuntimeError(f"the memory measurement's process failed (exit code "
+                           f"{child.join() or child.exitcode}); its error is above") from None
+    child.join()
+    return result
+
+
+def _send_result(send: Any, fn: Callable[..., Dict[str, float]], fn_args: tuple) -> None:
+    send.send(fn(*fn_args))
 
 
 def prepare(name: str, size: int, args: argparse.Namespace,
@@ -240,18 +295,12 @@ def count_flops(fn: Callable[[], None]) -> int:
 
 
 def timed(calls: Sequence[Callable[[], None]], warmup: int, repeats: int,
-          device: torch.device) -> List[Tuple[float, float]]:
-    """``(best seconds, peak MiB)`` of each call: ``warmup`` untimed calls and one call for the
-    peak memory each, then ``repeats`` rounds that time every call once, in turn."""
-    peaks = []
+          device: torch.device) -> List[float]:
+    """Best seconds of each call: ``warmup`` untimed calls each, then ``repeats`` rounds that
+    time every call once, in turn."""
     for fn in calls:
         for _ in range(warmup):
             fn()
-        _sync(device)
-        with peak_memory(device) as peak:
-            fn()
-            _sync(device)
-        peaks.append(peak())
     times: List[List[float]] = [[] for _ in calls]
     for _ in range(repeats):
         for fn, spent in zip(calls, times):
@@ -260,7 +309,7 @@ def timed(calls: Sequence[Callable[[], None]], warmup: int, repeats: int,
             fn()
             _sync(device)
             spent.append(time.perf_counter() - start)
-    return [(min(spent), peak) for spent, peak in zip(times, peaks)]
+    return [min(spent) for spent in times]
 
 
 def _sync(device: torch.device) -> None:

@@ -128,6 +128,51 @@ class _ImageRows(torch.autograd.Function):
         return spec * _column_scale(spec, ctx.width, 2.0), None
 
 
+class _PointwiseBNReLU(torch.autograd.Function):
+    """``relu(BN(rows @ weight.t()))``, BatchNorm with batch statistics over the ``N`` rows,
+    for ``N x width`` rows; updates the running statistics as ``BatchNorm2d`` does.
+
+    Saves only ``rows`` (and per-channel statistics): the backward recomputes the product,
+    one matrix product, instead of keeping BN's input and output, two more tensors of the
+    spectrum's size in every Fourier unit, the largest share of CLGNet's training memory.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: Tensor, weight: Tensor, gamma: Tensor, beta: Tensor,
+                running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                momentum: float, eps: float) -> Tensor:
+        out, mean, invstd = torch.native_batch_norm(
+            torch.mm(rows, weight.t()), gamma, beta, running_mean, running_var, True,
+            momentum, eps)
+        ctx.save_for_backward(rows, weight, gamma, beta, mean, invstd)
+        ctx.eps = eps
+        return out.relu_()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: Tensor):
+        rows, weight, gamma, beta, mean, invstd = ctx.saved_tensors
+        z = torch.mm(rows, weight.t())
+        scale = gamma * invstd
+        grad = torch.ops.aten.threshold_backward(
+            grad, torch.addcmul(beta - mean * scale, z, scale), 0)
+        grad_z, grad_gamma, grad_beta = torch.ops.aten.native_batch_norm_backward(
+            grad, z, gamma, None, None, mean, invstd, True, ctx.eps,
+            [True, ctx.needs_input_grad[2], ctx.needs_input_grad[3]])
+        grad_rows = torch.mm(grad_z, weight) if ctx.needs_input_grad[0] else None
+        grad_weight = torch.mm(grad_z.t(), rows) if ctx.needs_input_grad[1] else None
+        return grad_rows, grad_weight, grad_gamma, grad_beta, None, None, None, None
+
+
+def _batch_norm_factor(bn: torch.nn.modules.batchnorm._BatchNorm) -> float:
+    """The running-statistics update factor ``bn`` would use in this training call (and
+    ``num_batches_tracked`` counted, as its own forward counts it)."""
+    if not bn.track_running_stats:
+        return 0.0
+    bn.num_batches_tracked.add_(1)
+    return bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+
+
 class FourierUnit(ReferenceFourierUnit):
     """``ReferenceFourierUnit`` on channels_last rows: one row per pixel or frequency.
 
@@ -154,6 +199,10 @@ class FourierUnit(ReferenceFourierUnit):
         """Conv1x1 -> BN -> ReLU on an ``N x width`` matrix (one row per pixel/frequency)."""
         weight = self.conv.weight.flatten(1)
         bn = self.bn
+        if (bn.training and bn.affine and torch.is_grad_enabled()
+                and not torch.is_autocast_enabled(rows.device.type)):
+            return _PointwiseBNReLU.apply(rows, weight, bn.weight, bn.bias, bn.running_mean,
+                                          bn.running_var, _batch_norm_factor(bn), bn.eps)
         if bn.training or bn.running_mean is None:
             # Batch statistics over all rows = over (B, H, W) as BatchNorm2d would take them.
             rows = bn(F.linear(rows, weight).view(*rows.shape, 1, 1)).view(rows.shape)
