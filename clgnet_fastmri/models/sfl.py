@@ -13,6 +13,9 @@ faster form:
   float32 (also under autocast and for half-precision models: cuFFT's half precision only
   takes power-of-two sizes, and a 320-pixel image gives 160-pixel branches). The FFT pair is
   written out as autograd functions whose backward is half the work of torch's own.
+- In training, a Fourier unit's Conv1x1 -> BN -> ReLU keeps only its input for the backward
+  and recomputes the rest there (``_PointwiseBNReLU``): one matrix product more per unit, two
+  spectrum-sized tensors fewer held from forward to backward.
 """
 
 from __future__ import annotations
