@@ -104,6 +104,23 @@ def test_fourier_unit_and_sfl_follow_their_formulas(train, spectral, size):
     _check_against_reference(sfl, ReferenceSFL(6, spectral), x, train)
 
 
+def test_fourier_unit_holds_one_spectrum_for_its_backward():
+    # BN's input and output are recomputed in backward, not held from forward to backward.
+    fu = FourierUnit(4).train()
+    x = torch.randn(2, 4, 16, 16, requires_grad=True)
+    spectrum_bytes = 2 * 16 * (16 // 2 + 1) * 8 * 4  # B x H x (W/2+1) x 2C float32
+    held = {}
+
+    def pack(t):
+        held[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fu(x).sum().backward()
+    assert sorted(n for n in held.values() if n >= spectrum_bytes // 2) == [spectrum_bytes]
+    assert fu.conv.weight.grad is not None and fu.bn.weight.grad is not None
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_sfrb_and_sfrir_follow_their_formulas(train):
     torch.manual_seed(1)
