@@ -170,8 +170,9 @@ def measure_side_by_side(names: Sequence[str], size: int, args: argparse.Namespa
         for (row, _), seconds in zip(prepared, timed(calls, args.warmup, args.repeats, device)):
             row[f"{key}_s"] = seconds
     for name, (row, calls) in zip(names, prepared):
-        peaks = (peak_memories(calls, device) if device.type == "cuda"
-                 else _in_child(_child_peak_memories, name, size, args))
+        peaks = (peak_memories(calls, device) if device.type == "cuda" else
+                 _in_child(_child_peak_memories, name, size,
+                           argparse.Namespace(**{**vars(args), "no_flops": True})))
         row.update({f"{key}_peak_mb": mib for key, mib in peaks.items()})
     return [row for row, _ in prepared]
 
@@ -213,9 +214,11 @@ def _in_child(fn: Callable[..., Dict[str, float]], *fn_args: Any) -> Dict[str, f
     try:
         result = receive.recv()
     except EOFError:
-        raise RuntimeError(f"the memory measurement's process failed (exit code "
-                           f"{child.join() or child.exitcode}); its error is above") from None
+        result = None
     child.join()
+    if result is None:
+        raise RuntimeError(f"the memory measurement's process failed (exit code "
+                           f"{child.exitcode}); its error is above")
     return result
 
 
