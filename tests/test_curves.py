@@ -125,3 +125,19 @@ def test_runs_ended_by_their_budget_continue_with_a_larger_one(knee_data, tmp_pa
     (run,) = report["runs"].values()
     assert [p["step"] for p in run["points"]] == [1, 2, 4, 6]  # continued, none repeated
     assert run["stopped"] == "max_steps" and report["settings"]["max_minutes"] == 60
+
+
+@pytest.mark.slow
+def test_runs_stopped_at_a_plateau_continue_under_a_stricter_rule(knee_data, tmp_path):
+    out = tmp_path / "curves"
+    args = _args(knee_data, out)
+    args[args.index("--models") + 1:args.index("--eval-every")] = [TINY[0]]
+    args[args.index("--min-steps") + 1] = "2"
+    assert main([*args, "--plateau-db", "100"]) == 0  # any gain is "too small"
+    (run,) = json.loads((out / "curves.json").read_text())["runs"].values()
+    assert run["stopped"] == "plateau" and [p["step"] for p in run["points"]] == [2, 4]
+
+    assert main([*args, "--plateau-db", "100"]) == 0  # same rule: finished
+    assert main([*args, "--plateau-db", "0"]) == 0  # no plateau stop: goes on
+    (run,) = json.loads((out / "curves.json").read_text())["runs"].values()
+    assert run["stopped"] == "max_steps" and [p["step"] for p in run["points"]] == [2, 4, 6]

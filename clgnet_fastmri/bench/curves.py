@@ -11,8 +11,9 @@ Written to ``--output-dir``: ``<run>/last.ckpt`` (the resume point, saved at eve
 evaluation), ``curves.json`` (every run's points, stop reason and summary) and
 ``curves.png`` (PSNR against steps and against training seconds, every model on one plot).
 Started again with the same arguments, a killed run continues from its last evaluation and
-finished runs are not repeated; started again with a larger ``--max-minutes``, runs that
-its budget ended continue from where they stopped.
+finished runs are not repeated. The stop rules (``--max-minutes``, ``--plateau-db``,
+``--min-steps``) may change between starts: a run that the earlier rules stopped continues
+from where it stopped if the new ones would not have stopped it.
 
 Choices:
 
@@ -118,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     for name, overrides in specs:
         key = run_name(name, overrides)
         done = report["runs"].get(key, {}).get("stopped")
-        if done and not (done == "max_minutes" and _budget_left(report["runs"][key], args)):
+        if done and not _may_continue(report["runs"][key], args):
             print(f"[bench curves] {key}: finished earlier ({done})", file=sys.stderr)
             continue
 
@@ -146,10 +147,19 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--plateau-db must be >= 0, got {args.plateau_db}")
 
 
-def _budget_left(run: Dict[str, Any], args: argparse.Namespace) -> bool:
-    """Whether ``--max-minutes`` leaves time for a run that an earlier budget stopped."""
-    spent = run["points"][-1][CLOCKS[args.clock]] if run.get("points") else 0.0
-    return args.max_minutes is None or spent < 60 * args.max_minutes
+#: Settings that only decide when a run stops: they may differ from the report's.
+STOP_RULES = ("max_minutes", "plateau_db", "min_steps")
+
+
+def _may_continue(run: Dict[str, Any], args: argparse.Namespace) -> bool:
+    """Whether a run that stopped at its budget or plateau goes on under ``args``' rules."""
+    points = run.get("points") or []
+    spent = points[-1][CLOCKS[args.clock]] if points else 0.0
+    if args.max_minutes is not None and spent >= 60 * args.max_minutes:
+        return False
+    if run["stopped"] == "plateau":
+        return not plateaued(points, args.plateau_db, args.min_steps)
+    return run["stopped"] == "max_minutes"
 
 
 def curve_dataset(anatomy: str, challenge: str, size: int = CURVE_DATA["size"]) -> Path:
@@ -158,19 +168,19 @@ def curve_dataset(anatomy: str, challenge: str, size: int = CURVE_DATA["size"]) 
 
 
 def _read_report(path: Path, args: argparse.Namespace) -> Dict[str, Any]:
-    """The report of an earlier run with the same settings (``--max-minutes`` may differ:
-    a budget can be extended), or a new one."""
+    """The report of an earlier run with the same settings (``STOP_RULES`` may differ), or
+    a new one."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
                 if k not in ("models", "no_progress_bar", "bench", "command")}
     if path.is_file():
         report = json.loads(path.read_text())
-        if {**report.get("settings", {}), "max_minutes": None} != {**settings,
-                                                                   "max_minutes": None}:
+        rules = dict.fromkeys(STOP_RULES)
+        if {**report.get("settings", {}), **rules} != {**settings, **rules}:
             raise UserError(
                 f"{path}: written by a run with other settings; use another --output-dir "
-                "or the same arguments (a larger --max-minutes allowed) to continue it"
+                "or the same arguments (other stop rules allowed) to continue it"
             )
-        report["settings"]["max_minutes"] = args.max_minutes
+        report["settings"].update({k: settings[k] for k in STOP_RULES})
         return report
     return {"settings": settings, "meta": {"torch": torch.__version__, "cpu": _cpu_name(),
                                            "date": datetime.date.today().isoformat()},
