@@ -89,3 +89,20 @@ def run_cli(capsys):
         return code, capsys.readouterr().err.strip().splitlines()
 
     return run
+
+
+@pytest.fixture
+def refused_train(run_cli, tmp_path):
+    """``refused_train(argv)``: runs ``clgnet-fastmri train`` with bad options, asserts the
+    one-line error (exit 2) and that no run folder was started; returns that line."""
+
+    def run(argv):
+        root = tmp_path / "run"
+        code, lines = run_cli(["train", "--data_path", str(tmp_path / "nodata"),
+                               "--default_root_dir", str(root), *argv])
+        assert code == 2
+        assert len(lines) == 1 and lines[0].startswith("clgnet-fastmri train: error:"), lines
+        assert not root.exists()  # nothing was started
+        return lines[0]
+
+    return run

@@ -249,15 +249,21 @@ def test_bad_arguments_are_refused():
         _tiny()(torch.randn(1, 2, 8, 8))
 
 
-def test_bfloat16_autocast_keeps_the_ffts_in_float32(monkeypatch):
-    torch.manual_seed(8)
-    model = _tiny(chans=8).eval()
-    x = torch.randn(2, 1, 24, 20)
+def _record_fft_dtypes(monkeypatch) -> list:
+    """The dtypes of every tensor torch's rfftn/irfftn get from now on (in the list returned)."""
     seen = []
     for name in ("rfftn", "irfftn"):
         fft = getattr(torch.fft, name)
         monkeypatch.setattr(torch.fft, name,
                             lambda t, *a, _fft=fft, **k: seen.append(t.dtype) or _fft(t, *a, **k))
+    return seen
+
+
+def test_bfloat16_autocast_keeps_the_ffts_in_float32(monkeypatch):
+    torch.manual_seed(8)
+    model = _tiny(chans=8).eval()
+    x = torch.randn(2, 1, 24, 20)
+    seen = _record_fft_dtypes(monkeypatch)
     with torch.no_grad():
         expected = model(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -284,11 +290,7 @@ def test_half_precision_model_runs_with_the_ffts_in_float32(dtype, monkeypatch):
     model = _tiny(chans=8, num_sfrb=2)
     _randomise_bn(model)
     x = torch.randn(2, 1, 24, 20)
-    seen = []
-    for name in ("rfftn", "irfftn"):
-        fft = getattr(torch.fft, name)
-        monkeypatch.setattr(torch.fft, name,
-                            lambda t, *a, _fft=fft, **k: seen.append(t.dtype) or _fft(t, *a, **k))
+    seen = _record_fft_dtypes(monkeypatch)
     for train in (False, True):
         model.train(train)
         expected = model(x)
