@@ -173,3 +173,19 @@ def test_cosine_schedule_ends_at_min_ratio():
     assert cosine_factor(50, 100, 0.01) == pytest.approx(0.505)
     assert cosine_factor(100, 100, 0.01) == pytest.approx(0.01)
     assert cosine_factor(150, 100, 0.01) == pytest.approx(0.01)
+
+
+def test_test_waits_for_every_rank_to_write_its_reconstructions(
+    knee_data, tmp_path, make_trainer, tiny, monkeypatch
+):
+    """Under DDP each rank writes its own volumes and rank 0 scores the folder when
+    ``trainer.test`` returns: a barrier after the writes is what makes the folder complete."""
+    model = CLGNetModule(**tiny)
+    run = make_trainer(tmp_path, logger=False)
+    recon_dir = tmp_path / "reconstructions"
+    seen = []
+    monkeypatch.setattr(run.strategy, "barrier", lambda name=None: seen.append(
+        sorted(p.name for p in recon_dir.iterdir()) if recon_dir.is_dir() else []))
+    run.test(model, datamodule=data_module(knee_data))
+    written = sorted(p.name for p in recon_dir.iterdir())
+    assert written and seen and seen[-1] == written

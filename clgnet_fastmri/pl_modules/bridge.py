@@ -102,6 +102,9 @@ class Lightning2Bridge:
         save_path = Path(self.trainer.default_root_dir) / "reconstructions"
         self.print(f"Saving reconstructions to {save_path}")
         save_reconstructions(volumes, save_path)
+        # Under DDP each rank writes its own volumes; rank 0 scores the folder as soon as
+        # ``trainer.test`` returns, so no rank may leave before every file is written.
+        self.trainer.strategy.barrier("reconstructions_saved")
 
     def log_image(self, name: str, image: torch.Tensor) -> None:
         """Log a 1 x H x W image in [0, 1] to every logger that takes images.
