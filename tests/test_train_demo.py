@@ -121,7 +121,10 @@ def test_demo_without_data_path_generates_trains_and_scores(tmp_path, monkeypatc
     root = tmp_path / "demo"
     assert train("--default_root_dir", str(root), "--max_steps", "2",
                  "--limit_val_batches", "2") == 0
-    assert list((tmp_path / "cache" / "clgnet_fastmri").glob("synthetic-knee-*"))
+    [data] = (tmp_path / "cache" / "clgnet_fastmri").glob("synthetic-brain-*")
+    # Its test volumes are masked at the acceleration the demo trains at (fastmri's 4x).
+    tests = sorted((data / "singlecoil_test").glob("*.h5"))
+    assert tests and all(h5py.File(f, "r").attrs["acceleration"] == 4 for f in tests)
     assert "Official fastMRI metrics" in capsys.readouterr().out
     assert (root / "metrics.json").is_file()
 

@@ -10,8 +10,9 @@ them with the official fastMRI metrics. The tables are shaped like the paper's T
 
 Choices:
 
-- Data: the built-in synthetic knee set of ``clgnet-fastmri train`` (128 px, 8 training and
-  2 validation volumes of 8 slices) unless ``--data_path`` names a fastMRI-format root.
+- Data: a built-in synthetic knee set (``QUALITY_DATA``: 128 px, 8 training and 2 validation
+  volumes of 8 slices, the set of the figures in BENCHMARKS.md) unless ``--data_path`` names
+  a fastMRI-format root.
 - Scoring split: ``<challenge>_val`` (fully sampled), undersampled at ``--acceleration``
   with the mask seeded by file name (the demo's test transform masks fully sampled files):
   every model sees the same inputs. A test split cannot be used this way (its k-space is
@@ -47,6 +48,8 @@ from ..pl_modules.bridge import UnetModule
 from ..pl_modules.clgnet_module import CLGNetModule
 from ..settings import MAX_ACCELERATION, Rule, signature_settings
 
+QUALITY_DATA = dict(anatomy="knee", size=128, num_slices=8,
+                    splits={"train": 8, "val": 2, "test": 2})
 # fastmri's train_unet_demo.py optimiser settings for its U-Net.
 UNET_OPTIM = dict(lr=1e-3, lr_step_size=40, lr_gamma=0.1, weight_decay=0.0)
 DEFAULT_MODELS = ("unet", "clgnet", "no-wavelet", "no-sfl", "no-cl", "no-negative", "sa",
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     specs = [parse_spec(text) for text in args.models]
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_path = args.data_path or demo.demo_dataset(args.challenge)
+    data_path = args.data_path or demo.cached_dataset(QUALITY_DATA, args.challenge)
     ensure_writable_dir(args.output_dir)
     results = []
     for name, overrides in specs:

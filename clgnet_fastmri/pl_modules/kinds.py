@@ -48,7 +48,7 @@ class ModelKind:
     ``transform(challenge, mask_func, use_seed, crop_size)`` builds the data transform;
     ``defaults`` are the values of options left unset (``--batch_size``, ``--mask_type``,
     ``--challenge``, ...) that differ from the command's, ``data_defaults`` more of them for
-    real data (not the built-in demo set).
+    real data and ``demo_defaults`` for the built-in demo set (model options included).
     """
 
     name: str
@@ -60,6 +60,7 @@ class ModelKind:
     challenges: Tuple[str, ...] = ("singlecoil", "multicoil")
     defaults: Mapping[str, Any] = field(default_factory=dict)
     data_defaults: Mapping[str, Any] = field(default_factory=dict)
+    demo_defaults: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> tuple:
@@ -88,8 +89,11 @@ def _kspace_transform(challenge: str, mask_func: Optional[MaskFunc] = None,
 _VARNET_DEMO = {"challenge": "multicoil", "mask_type": "equispaced_fraction", "batch_size": 1}
 KINDS: Dict[str, ModelKind] = {
     # Real data: the paper's batch size (CLGNet), fastmri's demos' per-device 1 (baselines).
+    # The CPU demo trains with L1 alone: the contrastive loss's VGG19 makes a step about half
+    # as dear again, and the steps it costs are worth more to a 5-minute run than the loss.
     "clgnet": ModelKind("clgnet", "CLGNet", CLGNetModule, "clgnet", _image_transform,
-                        INSTANCE_NORM, data_defaults={"batch_size": 10}),
+                        INSTANCE_NORM, data_defaults={"batch_size": 10},
+                        demo_defaults={"alpha": 0.0}),
     "unet": ModelKind("unet", "Unet", UnetModule, "unet", _image_transform, INSTANCE_NORM,
                       data_defaults={"batch_size": 1}),
     # fastmri's VarNet demo: multicoil only, equispaced_fraction masks, one slice per batch.
