@@ -1,13 +1,14 @@
-"""The data transform of CLGNet: fastmri's UnetDataTransform, plus random crops for training."""
+"""The data transforms: CLGNet's (fastmri's UnetDataTransform, plus random crops for
+training) and the k-space one of the VarNet baseline."""
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 from fastmri.data.subsample import MaskFunc
-from fastmri.data.transforms import UnetDataTransform, UnetSample
+from fastmri.data.transforms import UnetDataTransform, UnetSample, VarNetDataTransform
 
 
 class CLGNetDataTransform:
@@ -66,3 +67,21 @@ class CLGNetDataTransform:
         left = int(torch.randint(0, width - crop_w + 1, ()))
         window = (..., slice(top, top + crop_h), slice(left, left + crop_w))
         return sample._replace(image=sample.image[window], target=sample.target[window])
+
+
+class KspaceTransform:
+    """fastmri's ``VarNetDataTransform`` that, like ``CLGNetDataTransform``, uses the mask a
+    file holds (a test or challenge file: k-space already undersampled) and applies
+    ``mask_func`` only to fully sampled k-space, so one transform serves every split."""
+
+    def __init__(self, mask_func: Optional[MaskFunc] = None, use_seed: bool = True):
+        self.masking = VarNetDataTransform(mask_func, use_seed)
+        self.masked = VarNetDataTransform(None, use_seed)
+
+    @property
+    def mask_func(self) -> Optional[MaskFunc]:
+        # Read by the data loader's worker_init_fn to seed each worker's masks.
+        return self.masking.mask_func
+
+    def __call__(self, kspace: np.ndarray, mask: Optional[np.ndarray], *rest: Any):
+        return (self.masking if mask is None else self.masked)(kspace, mask, *rest)

@@ -10,35 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-import numpy as np
 from fastmri.data.subsample import MaskFunc
-from fastmri.data.transforms import VarNetDataTransform
 
-from ..data.transforms import CLGNetDataTransform
+from ..data.transforms import CLGNetDataTransform, KspaceTransform
 from .bridge import UnetModule, VarNetModule
 from .clgnet_module import CLGNetModule
 
 INSTANCE_NORM = ("instance: zero-filled magnitude image (RSS over coils for multicoil) "
                  "normalised by its mean and std, clamped to +-6 (fastmri UnetDataTransform)")
 KSPACE_INPUT = "none: masked multicoil k-space as stored (fastmri VarNetDataTransform)"
-
-
-class KspaceTransform:
-    """fastmri's ``VarNetDataTransform`` that, like ``CLGNetDataTransform``, uses the mask a
-    file holds (a test or challenge file: k-space already undersampled) and applies
-    ``mask_func`` only to fully sampled k-space, so one transform serves every split."""
-
-    def __init__(self, mask_func: Optional[MaskFunc] = None, use_seed: bool = True):
-        self.masking = VarNetDataTransform(mask_func, use_seed)
-        self.masked = VarNetDataTransform(None, use_seed)
-
-    @property
-    def mask_func(self) -> Optional[MaskFunc]:
-        # Read by the data loader's worker_init_fn to seed each worker's masks.
-        return self.masking.mask_func
-
-    def __call__(self, kspace: np.ndarray, mask: Optional[np.ndarray], *rest: Any):
-        return (self.masking if mask is None else self.masked)(kspace, mask, *rest)
 
 
 @dataclass(frozen=True)
