@@ -10,20 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from clgnet_fastmri import train_clgnet_demo
 from clgnet_fastmri.checkpoints import load_clgnet
 from clgnet_fastmri.errors import UserError
 from clgnet_fastmri.models import CLGNet
 from clgnet_fastmri.models.registry import VARIANTS, build_network, networks
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
-from clgnet_fastmri.pl_modules.kinds import model_settings
-from clgnet_fastmri.settings import (
-    Rule,
-    SettingError,
-    check_output_dir,
-    model_kwargs,
-    signature_defaults,
-)
+from clgnet_fastmri.settings import Rule, SettingError, check_output_dir, signature_defaults
 
 
 def test_options_are_the_module_signature():
@@ -50,21 +42,6 @@ def test_options_spell_none_and_the_ablation_switches():
     assert (args.wavelet, args.use_negatives, args.vgg_weights) == (None, False, None)
     assert (args.chans, args.lr, args.global_module) == (8, 1e-4, "none")
     assert parser.parse_args([]).vgg_weights == "auto"  # resolved by the training command
-
-
-@pytest.mark.parametrize("argv, demo, alpha, batch_size", [
-    ([], True, 0.0, 4),  # the CPU demo: L1 alone
-    (["--alpha", "0.05"], True, 0.05, 4),  # an explicit value wins
-    ([], False, 0.05, 10),  # real data: the paper's loss and batch size
-    (["--model", "unet"], True, None, 4),  # U-Net has no contrastive loss
-])
-def test_demo_and_data_defaults_fill_only_unset_options(argv, demo, alpha, batch_size):
-    parser = argparse.ArgumentParser()
-    train_clgnet_demo.add_arguments(parser)
-    args = parser.parse_args(argv)
-    train_clgnet_demo.resolve_model(args, demo=demo)
-    assert model_kwargs(args, model_settings()).get("alpha") == alpha
-    assert args.batch_size == batch_size
 
 
 def test_rules_describe_their_range():
