@@ -143,6 +143,10 @@ class OrientationAdversarialMixin(pl.LightningModule):
         hp = self.hparams
         return hp.adversary_strength > 0 and self.current_epoch >= hp.adversary_warmup_epochs
 
+    def training_images(self, batch: OrientedSample) -> Tensor:
+        # What CLGNetModule's BatchNorm refresh feeds the network.
+        return batch.sample.image
+
     def training_step(self, batch: OrientedSample, batch_idx: int) -> None:
         if not isinstance(batch, OrientedSample):
             raise TypeError(

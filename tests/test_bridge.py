@@ -189,3 +189,67 @@ def test_test_waits_for_every_rank_to_write_its_reconstructions(
     run.test(model, datamodule=data_module(knee_data))
     written = sorted(p.name for p in recon_dir.iterdir())
     assert written and seen and seen[-1] == written
+
+
+def _batchnorm_inputs(model: CLGNetModule, images: torch.Tensor) -> list:
+    """Each BatchNorm layer's input in one train-mode forward pass over ``images``."""
+    seen, hooks = [], []
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        hooks.append(bn.register_forward_hook(lambda m, args, out: seen.append(args[0])))
+    model.train()
+    with torch.no_grad():
+        model(images)
+    for hook in hooks:
+        hook.remove()
+    return seen
+
+
+def test_validation_uses_batchnorm_statistics_of_the_current_weights(
+    knee_data, tmp_path, make_trainer, tiny
+):
+    """With one refresh batch holding every training slice, each BatchNorm's running mean
+    and (unbiased) variance are exactly that batch's statistics under the trained weights."""
+    mask = RandomMaskFunc([0.08], [4], seed=0)
+    transform = CLGNetDataTransform("singlecoil", mask, use_seed=True)
+    dm = CLGNetDataModule(data_path=knee_data, challenge="singlecoil", batch_size=6,
+                          train_transform=transform, val_transform=transform,
+                          test_transform=transform, num_workers=0)
+    model = CLGNetModule(**tiny, bn_stats_batches=1)
+    make_trainer(tmp_path, max_epochs=2).fit(model, datamodule=dm)
+    dm.setup("fit")
+    train = dm.train_dataloader().dataset
+    images = torch.stack([train[i].image for i in range(len(train))])
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    inputs = _batchnorm_inputs(model, images)
+    assert len(bns) == len(inputs) > 0
+    for bn, x in zip(bns, inputs):
+        torch.testing.assert_close(bn.running_mean, x.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, x.var((0, 2, 3)), rtol=1e-4, atol=1e-6)
+
+
+def test_batchnorm_refresh_leaves_the_training_run_unchanged(
+    knee_data, tmp_path, make_trainer, tiny
+):
+    """The refresh draws its own batches: training masks, crops and data order, and so the
+    trained weights, are those of a run without it; only the BN statistics differ."""
+    def fit(bn_stats_batches: int) -> dict:
+        pl.seed_everything(0)
+        mask = RandomMaskFunc([0.08], [4], seed=0)
+        dm = CLGNetDataModule(
+            data_path=knee_data, challenge="singlecoil", batch_size=2, num_workers=0,
+            train_transform=CLGNetDataTransform("singlecoil", mask, False, crop_size=(24, 24)),
+            val_transform=CLGNetDataTransform("singlecoil", mask),
+            test_transform=CLGNetDataTransform("singlecoil", mask),
+        )
+        model = CLGNetModule(**tiny, bn_stats_batches=bn_stats_batches)
+        make_trainer(tmp_path / str(bn_stats_batches), max_epochs=3).fit(model, datamodule=dm)
+        return model.state_dict()
+
+    plain, refreshed = fit(0), fit(2)
+    stats = [key for key in plain if key.endswith(("running_mean", "running_var"))]
+    assert stats
+    for key in plain:
+        if key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
+        torch.testing.assert_close(refreshed[key], plain[key], rtol=0, atol=0, msg=key)
+    assert any(not torch.equal(refreshed[key], plain[key]) for key in stats)

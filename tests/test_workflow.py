@@ -61,16 +61,19 @@ def test_each_model_gets_fastmri_demo_defaults():
     assert module_kwargs(parse_train("--model", "varnet", "--chans", "6"))["chans"] == 6
 
 
-@pytest.mark.parametrize("argv, demo, alpha, batch_size", [
-    (["--vgg_weights", "random"], True, 0.0, 4),  # the CPU demo: L1 alone
-    (["--vgg_weights", "random", "--alpha", "0.05"], True, 0.05, 4),  # an explicit value wins
-    (["--vgg_weights", "random"], False, 0.05, 10),  # real data: the paper's loss and batch
-    (["--model", "unet"], True, None, 4),  # U-Net has no contrastive loss
+@pytest.mark.parametrize("argv, demo, alpha, bn_batches, batch_size", [
+    (["--vgg_weights", "random"], True, 0.0, 0, 4),  # the CPU demo: L1 alone, no BN refresh
+    (["--vgg_weights", "random", "--alpha", "0.05", "--bn_stats_batches", "4"], True, 0.05, 4,
+     4),  # explicit values win
+    (["--vgg_weights", "random"], False, 0.05, 16, 10),  # real data: the paper's loss and batch
+    (["--model", "unet"], True, None, None, 4),  # U-Net has no contrastive loss, no BatchNorm
 ])
-def test_demo_and_data_defaults_fill_only_unset_options(argv, demo, alpha, batch_size):
+def test_demo_and_data_defaults_fill_only_unset_options(argv, demo, alpha, bn_batches,
+                                                        batch_size):
     args = parse_train(*argv)
     resolve_model(args, demo=demo)
     assert module_kwargs(args).get("alpha") == alpha
+    assert module_kwargs(args).get("bn_stats_batches") == bn_batches
     assert args.batch_size == batch_size
 
 

@@ -9,12 +9,14 @@ import torch
 from fastmri.data.transforms import UnetSample
 from fastmri.pl_modules import MriModule
 from fastmri.pl_modules import UnetModule as FastMriUnetModule
+from pytorch_lightning.trainer.states import TrainerFn
 from torch import Tensor
 
 from ..losses import CLGNetLoss, ContrastiveLoss, LossParts, VGG19Features
 from ..losses.contrastive import REDUCTIONS
 from ..models import GLOBAL_MODULES, CLGNet
 from ..settings import MAX_CHANS, Rule, orthogonal_wavelets
+from .batchnorm import has_batchnorm, refresh_batchnorm_statistics
 from .bridge import Lightning2Bridge
 
 LR_SCHEDULES = ("cosine", "step", "constant")
@@ -51,6 +53,11 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         lr_schedule: "cosine" (per step, from ``lr`` down to ``lr * lr_min_ratio`` at the last
             step of the run), "step" (fastmri's StepLR: ``lr_gamma`` every ``lr_step_size``
             epochs) or "constant" (the paper states no schedule).
+        bn_stats_batches: Before each validation during training, the Fourier units'
+            BatchNorm running statistics are recomputed as the average over this many
+            training batches under the current weights (``refresh_batchnorm_statistics``),
+            so that validation, checkpoints and the final network use them instead of the
+            noisy running averages; 0 keeps PyTorch's running averages (momentum 0.1).
         num_log_images: Validation images logged per epoch.
     """
 
@@ -87,6 +94,9 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         "lr_min_ratio": Rule("final/peak learning rate of the cosine schedule", low=0, high=1),
         "lr_step_size": Rule("epochs between decays of the step schedule", low=1),
         "lr_gamma": Rule("decay factor of the step schedule", low=0, high=1, low_open=True),
+        "bn_stats_batches": Rule("training batches over which BatchNorm statistics are "
+                                 "recomputed before each validation; 0 = running averages",
+                                 low=0),
         "num_log_images": Rule("validation images logged per epoch", low=0),
     }
     #: The arguments that define the network (``CLGNet``'s), as stored in checkpoints.
@@ -110,6 +120,7 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         lr_min_ratio: float = 0.01,
         lr_step_size: int = 40,
         lr_gamma: float = 0.1,
+        bn_stats_batches: int = 16,
         num_log_images: int = 16,
     ):
         super().__init__(num_log_images=num_log_images)
@@ -140,12 +151,31 @@ class CLGNetModule(Lightning2Bridge, MriModule):
                 )
             self.loss = CLGNetLoss(alpha=hp.alpha, contrastive=contrastive)
 
+    def on_validation_epoch_start(self) -> None:
+        super().on_validation_epoch_start()
+        trainer = self.trainer
+        if (trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking
+                and self.hparams.bn_stats_batches and has_batchnorm(self.clgnet)):
+            # Seeded by the step, not by a random draw: every DDP rank computes the same
+            # statistics, and the run's own random streams are left as they were.
+            weight = next(self.clgnet.parameters())
+            refresh_batchnorm_statistics(
+                self.clgnet, trainer.train_dataloader, self.hparams.bn_stats_batches,
+                self.global_step,
+                lambda batch: self.training_images(batch).unsqueeze(1).to(weight.device,
+                                                                          weight.dtype),
+            )
+
     def forward(self, image: Tensor) -> Tensor:
         """``B x H x W`` normalised zero-filled image -> ``B x H x W`` reconstruction."""
         return self.clgnet(image.unsqueeze(1)).squeeze(1)
 
+    def training_images(self, batch: Any) -> Tensor:
+        """The network's input in a training batch: ``B x H x W`` normalised images."""
+        return batch.image
+
     def training_step(self, batch: UnetSample, batch_idx: int) -> Tensor:
-        output = self(batch.image)
+        output = self(self.training_images(batch))
         parts: LossParts = self.loss(output, batch.target, batch.image)
         self.log("train_loss", parts.total.detach(), prog_bar=True)
         self.log("train_l1", parts.l1.detach())
