@@ -57,7 +57,7 @@ class CLGNetModule(Lightning2Bridge, MriModule):
             BatchNorm running statistics are recomputed as the average over this many
             training batches under the current weights (``refresh_batchnorm_statistics``),
             so that validation, checkpoints and the final network use them instead of the
-            noisy running averages; 0 keeps PyTorch's running averages (momentum 0.1).
+            lagging running averages; 0 keeps PyTorch's running averages (momentum 0.1).
         num_log_images: Validation images logged per epoch.
     """
 
