@@ -72,8 +72,9 @@ def test_demo_and_data_defaults_fill_only_unset_options(argv, demo, alpha, bn_ba
                                                         batch_size):
     args = parse_train(*argv)
     resolve_model(args, demo=demo)
-    assert module_kwargs(args).get("alpha") == alpha
-    assert module_kwargs(args).get("bn_stats_batches") == bn_batches
+    kwargs = module_kwargs(args)
+    assert kwargs.get("alpha") == alpha
+    assert kwargs.get("bn_stats_batches") == bn_batches
     assert args.batch_size == batch_size
 
 
