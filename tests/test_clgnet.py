@@ -3,7 +3,7 @@
 The fast modules compute the formulas in a rearranged form (channels_last, 1x1 convolutions
 as matrix products, the fuse convolution split and folded, Haar folded into the branch
 convolutions). Each is compared in float64 with its ``Reference*`` module loaded from the same
-state dict.
+state dict, with every layout candidate ``models.layout`` may choose.
 """
 
 import copy
@@ -24,8 +24,12 @@ from clgnet_fastmri.models import (
     ReferenceSFL,
     ReferenceSFRB,
     ReferenceSFRIR,
+    layout,
 )
 from clgnet_fastmri.models.clgnet import _conv3x3_of_concat
+
+# Every candidate of every layout choice, fixed (the default measures and picks one).
+LAYOUTS = ["channels_last,strided", "nchw,blocked", "channels_last,blocked", "nchw,strided"]
 
 
 def _tiny(**kwargs) -> CLGNet:
@@ -91,17 +95,19 @@ def test_parameter_counts_match_the_paper():
 # --- each block against its formula ---------------------------------------------------------
 
 
+@pytest.mark.parametrize("layouts", LAYOUTS)
 @pytest.mark.parametrize("size", [(10, 14), (9, 13)])
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize("spectral", [True, False])
-def test_fourier_unit_and_sfl_follow_their_formulas(train, spectral, size):
+def test_fourier_unit_and_sfl_follow_their_formulas(train, spectral, size, layouts):
     torch.manual_seed(0)
     x = torch.randn(2, 6, *size, dtype=torch.float64)
     fu = FourierUnit(6, spectral)
     sfl = SFL(6, spectral)
     _randomise_bn(fu), _randomise_bn(sfl)
-    _check_against_reference(fu, ReferenceFourierUnit(6, spectral), x, train)
-    _check_against_reference(sfl, ReferenceSFL(6, spectral), x, train)
+    with layout.fixed(layouts):
+        _check_against_reference(fu, ReferenceFourierUnit(6, spectral), x, train)
+        _check_against_reference(sfl, ReferenceSFL(6, spectral), x, train)
 
 
 def test_fourier_unit_holds_one_spectrum_for_its_backward():
@@ -129,19 +135,78 @@ def test_sfrb_and_sfrir_follow_their_formulas(train):
     _check_against_reference(SFRIR(4, num_sfrb=2), ReferenceSFRIR(4, num_sfrb=2), x, train)
 
 
+@pytest.mark.parametrize("layouts", LAYOUTS[:2])
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize(
     "kwargs",
     [{}, {"wavelet": "db2"}, {"wavelet": None}, {"global_module": "none"}, {"out_chans": 2}],
     ids=["haar", "db2", "no-wavelet", "no-fft", "2-out"],
 )
-def test_clgnet_follows_its_formula(kwargs, train):
+def test_clgnet_follows_its_formula(kwargs, train, layouts):
     torch.manual_seed(2)
     kwargs = {"chans": 4, "num_sfrir": 1, "num_sfrb": 2, "in_chans": 2, **kwargs}
     model = CLGNet(**kwargs)
     _randomise_bn(model)
     x = torch.randn(2, 2, 12, 18, dtype=torch.float64)  # odd width in the branches
-    _check_against_reference(model, ReferenceCLGNet(**kwargs), x, train)
+    with layout.fixed(layouts):
+        _check_against_reference(model, ReferenceCLGNet(**kwargs), x, train)
+
+
+# --- layouts ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("copy", ["strided", "blocked"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.complex64, torch.float64])
+def test_layout_copies_keep_the_values(copy, dtype):
+    x = torch.randn(3, 5, 30, 31, dtype=dtype)  # 930 x 5 per sample: torch's blocked path
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with layout.fixed(copy):
+        to_nchw, to_cl = layout.nchw(cl), layout.channels_last(x)
+    assert to_nchw.is_contiguous() and torch.equal(to_nchw, x)
+    assert to_cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(to_cl, x)
+
+
+def test_space_to_depth_is_pixel_unshuffle_with_channels_by_pixel():
+    x = torch.randn(2, 3, 6, 8, dtype=torch.float64)
+    blocks = layout.space_to_depth(x)
+    by_pixel = F.pixel_unshuffle(x, 2).unflatten(1, (3, 4)).transpose(1, 2).flatten(1, 2)
+    assert blocks.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(blocks, by_pixel)
+    assert torch.equal(layout.depth_to_space(blocks), x)
+    torch.autograd.gradcheck(layout.space_to_depth, x[:1, :, :4, :4].requires_grad_())
+    torch.autograd.gradcheck(layout.depth_to_space, blocks[:1, :, :2].detach().requires_grad_())
+
+
+def test_fastest_measures_once_per_key_then_reuses_the_choice(monkeypatch):
+    monkeypatch.setattr(layout, "_chosen", {})
+    calls = []
+    x = torch.zeros(2, 3)
+
+    def candidates(value: torch.Tensor):
+        return {name: lambda name=name: calls.append(name) or value
+                for name in ("channels_last", "nchw")}
+
+    assert layout.fastest("rfft2", [x], candidates(x)) is x
+    assert sorted(calls) == ["channels_last"] * layout._ROUNDS + ["nchw"] * layout._ROUNDS
+    [choice] = layout.chosen()
+    assert choice["op"] == "rfft2" and choice["shapes"] == [[2, 3]]
+    assert choice["chosen"] in ("channels_last", "nchw") and choice["threads"] >= 1
+    calls.clear()
+    layout.fastest("rfft2", [x], candidates(x))
+    assert calls == [choice["chosen"]]  # cached for the key
+    calls.clear()
+    with layout.fixed("irfft2=channels_last", "rfft2=nchw"):
+        layout.fastest("rfft2", [torch.zeros(5)], candidates(x))
+    assert calls == ["nchw"] and len(layout.chosen()) == 1  # fixed: nothing measured
+
+
+def test_a_bad_fixed_layout_is_refused():
+    with pytest.raises(ValueError, match="CLGNET_LAYOUT"):
+        with layout.fixed("rows"):
+            pass
+    with pytest.raises(ValueError, match="CLGNET_LAYOUT"):
+        with layout.fixed("fft=nchw"):
+            pass
 
 
 @pytest.mark.parametrize(

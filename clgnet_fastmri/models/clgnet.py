@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import layout
 from .reference import GLOBAL_MODULES, ReferenceBranch, ReferenceCLGNet, make_body
 from .sfl import SFRIR, _rows, conv3x3
 
@@ -38,10 +39,12 @@ class Branch(ReferenceBranch):
     mixes are linear maps over channels, as are the convolutions next to them, so they are
     applied to the convolutions' weights (small) instead of the feature maps (large): the
     same maths as ``head(DWT(x))`` and ``IDWT(tail(z))``, at the cost of the spatial branch.
+    Both branches shuffle with ``layout.space_to_depth``/``depth_to_space`` (the 2x2 blocks'
+    channels in the order a copy moves fastest), that order too folded into the weights.
     """
 
     def forward(self, x: Tensor, blocks: Optional[Tensor] = None) -> Tensor:
-        """``blocks``: ``pixel_unshuffle(x, 2)`` if the caller has it already."""
+        """``blocks``: ``layout.space_to_depth(x)`` if the caller has it already."""
         y = self._up_tail(self.body(self._head_down(x, blocks)))
         return y.add_(x) if self.skip else y  # y is a fresh tensor: in place is safe
 
@@ -50,27 +53,29 @@ class Branch(ReferenceBranch):
         if self.dwt is not None and mix is None:  # a wavelet with overlapping filters
             return self.head(self.dwt(x))
         weight = self.head.weight
-        if mix is not None:
-            # head input channel k*C + c (subband k) <- pixel_unshuffle channel c*4 + q
-            o, c4 = weight.shape[:2]
-            weight = torch.einsum("okcuv,kq->ocquv", weight.unflatten(1, (4, c4 // 4)),
-                                  mix.to(weight.dtype)).reshape(weight.shape)
+        if mix is None:  # head input channel c*4 + q (pixel_unshuffle) <- block channel q*C + c
+            by_pixel = weight.unflatten(1, (-1, 4)).transpose(1, 2)
+        else:  # head input channel k*C + c (subband k) <- block channel q*C + c
+            by_pixel = torch.einsum("okcuv,kq->oqcuv", weight.unflatten(1, (4, -1)),
+                                    mix.to(weight.dtype))
         if blocks is None:
-            blocks = F.pixel_unshuffle(x, 2)
-        return conv3x3(blocks, weight, self.head.bias)
+            blocks = layout.space_to_depth(x)
+        return conv3x3(blocks, by_pixel.reshape(weight.shape), self.head.bias)
 
     def _up_tail(self, z: Tensor) -> Tensor:
         mix = None if self.idwt is None else self.idwt.block_matrix
         if self.idwt is not None and mix is None:
             return self.idwt(self.tail(z))
         weight, bias = self.tail.weight, self.tail.bias
-        if mix is not None:
-            # pixel_shuffle channel c*4 + q <- tail output channel k*C + c (subband k)
+        if mix is None:  # block channel q*C + c <- tail output channel c*4 + q (pixel_shuffle)
+            by_pixel = weight.unflatten(0, (-1, 4)).transpose(0, 1)
+            bias = bias.view(-1, 4).t()
+        else:  # block channel q*C + c <- tail output channel k*C + c (subband k)
             mix = mix.to(weight.dtype)
-            weight = torch.einsum("kciuv,kq->cqiuv", weight.unflatten(0, (4, -1)), mix)
-            weight = weight.reshape(self.tail.weight.shape)
-            bias = torch.einsum("kc,kq->cq", bias.unflatten(0, (4, -1)), mix).reshape(-1)
-        return F.pixel_shuffle(conv3x3(z, weight, bias), 2)
+            by_pixel = torch.einsum("kciuv,kq->qciuv", weight.unflatten(0, (4, -1)), mix)
+            bias = torch.einsum("kc,kq->qc", bias.unflatten(0, (4, -1)), mix)
+        z = conv3x3(z, by_pixel.reshape(weight.shape), bias.reshape(-1))
+        return layout.depth_to_space(z)
 
 
 class CLGNet(ReferenceCLGNet):
@@ -100,7 +105,7 @@ class CLGNet(ReferenceCLGNet):
         x = F.pad(image, (0, w % 2, 0, h % 2), mode="replicate") if h % 2 or w % 2 else image
         # channels_last (NHWC) throughout: oneDNN's convolutions are much faster in it on CPU.
         feats = self.net_pre(x).contiguous(memory_format=torch.channels_last)
-        blocks = F.pixel_unshuffle(feats, 2)  # the Down of both branches (see Branch)
+        blocks = layout.space_to_depth(feats)  # the Down of both branches (see Branch)
         branches = [self.wavelet_branch(feats, blocks), self.spatial_branch(feats, blocks)]
         out = _conv3x3_of_concat(branches, self.net_out.weight, self.net_out.bias)
         return out[..., :h, :w].contiguous()

@@ -9,10 +9,13 @@ faster form:
 - ``Conv1x1(concat[local, global])`` is never concatenated: its local half is folded into the
   3x3 convolution's weights (one linear map after another is one linear map) and its global
   half is added onto that convolution's output in place.
-- The FFTs run on the ``B x H x W x C`` rows directly (no transpose to NCHW), always in
-  float32 (also under autocast and for half-precision models: cuFFT's half precision only
-  takes power-of-two sizes, and a 320-pixel image gives 160-pixel branches). The FFT pair is
-  written out as autograd functions whose backward is half the work of torch's own.
+- The spectrum is held as ``B x H x W//2+1 x C`` rows (the 2C reals of a frequency in one
+  row, for the 1x1 product); the FFTs run on the rows directly or on NCHW copies, whichever
+  ``layout.fastest`` measured faster on this machine, and the copies between NCHW and
+  channels_last are ``layout``'s. FFTs always run in float32 (also under autocast and for
+  half-precision models: cuFFT's half precision only takes power-of-two sizes, and a
+  320-pixel image gives 160-pixel branches). The FFT pair is written out as autograd
+  functions whose backward is half the work of torch's own.
 - In training, a Fourier unit's Conv1x1 -> BN -> ReLU keeps only its input for the backward
   and recomputes the rest there (``_PointwiseBNReLU``): one matrix product more per unit, two
   spectrum-sized tensors fewer held from forward to backward.
@@ -20,16 +23,18 @@ faster form:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import layout
 from .reference import ReferenceFourierUnit, ReferenceSFL, ReferenceSFRB, ReferenceSFRIR
 
 _CHANNELS_LAST = torch.channels_last
 _convolution_backward = torch.ops.aten.convolution_backward
+_GEOMETRY = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)  # stride, padding, dilation, ...
 
 
 def _rows(x: Tensor) -> Tensor:
@@ -48,9 +53,10 @@ def _add_pointwise_conv_(out: Tensor, x: Tensor, weight: Tensor) -> Tensor:
 
 
 class _Conv3x3(torch.autograd.Function):
-    """``F.conv2d(x, weight, bias, padding=1)`` whose weight gradient is taken from NCHW
-    copies of ``x`` and the output gradient: on CPU, oneDNN's channels_last weight gradient
-    is several times slower than its NCHW one, and more than the two copies cost."""
+    """``F.conv2d(x, weight, bias, padding=1)`` whose weight gradient is taken from the
+    channels_last tensors or from NCHW copies of them, whichever ``layout.fastest`` measured
+    faster: on an AMD EPYC oneDNN's channels_last weight gradient took longer than the copies
+    and the NCHW one together, on an Intel Xeon (AVX-512) half as long."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
@@ -62,21 +68,29 @@ class _Conv3x3(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         x, weight = ctx.saved_tensors
-        geometry = ([1, 1], [1, 1], [1, 1], False, [0, 0], 1)  # stride, padding, dilation, ...
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = _convolution_backward(grad, x, weight, None, *geometry,
+            grad_x = _convolution_backward(grad, x, weight, None, *_GEOMETRY,
                                            [True, False, False])[0]
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            _, grad_w, grad_b = _convolution_backward(
-                grad.contiguous(), x.contiguous(), weight.contiguous(), [weight.shape[0]],
-                *geometry, [False, ctx.needs_input_grad[1], ctx.has_bias])
+            wanted = [False, ctx.needs_input_grad[1], ctx.has_bias]
+
+            def weight_grad(grad: Tensor, x: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
+                return _convolution_backward(grad, x, weight, [weight.shape[0]], *_GEOMETRY,
+                                             wanted)[1:]
+
+            grad_w, grad_b = layout.fastest("conv_weight_grad", [grad, x, weight], {
+                "channels_last": lambda: weight_grad(grad, x, weight),
+                "nchw": lambda: weight_grad(layout.nchw(grad), layout.nchw(x),
+                                            weight.contiguous()),
+            })
         return grad_x, grad_w, grad_b
 
 
 def conv3x3(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """``F.conv2d(x, weight, bias, padding=1)``; for channels_last CPU training without
-    autocast through ``_Conv3x3`` (same gradient, faster)."""
+    autocast through ``_Conv3x3`` (same gradient, its weight gradient in the layout measured
+    faster)."""
     if (x.device.type == "cpu" and torch.is_grad_enabled() and x.dim() == 4
             and x.is_contiguous(memory_format=_CHANNELS_LAST)
             and not torch.is_autocast_enabled("cpu")):
@@ -94,9 +108,36 @@ def _column_scale(like: Tensor, width: int, value: float) -> Tensor:
     return scale[:, None]  # columns are dim 2 of B x H x W//2+1 x C rows
 
 
+def spectrum_rows(x: Tensor) -> Tensor:
+    """``rfft2(x, norm="ortho")`` of ``B x C x H x W`` ``x`` as contiguous ``B x H x W//2+1 x C``
+    rows. Candidates: the FFT over dims (1, 2) of the channels_last rows, or ``rfft2`` of an
+    NCHW copy; torch's CPU FFT returns NCHW memory in both, copied into rows after."""
+    return layout.fastest("rfft2", [x], {
+        "channels_last": lambda: _as_rows(torch.fft.rfftn(
+            x.permute(0, 2, 3, 1), dim=(1, 2), norm="ortho").permute(0, 3, 1, 2)),
+        "nchw": lambda: _as_rows(torch.fft.rfft2(layout.nchw(x), norm="ortho")),
+    })
+
+
+def image_of_rows(spec: Tensor, width: int) -> Tensor:
+    """``irfft2(s=(H, width), norm="ortho")`` of contiguous ``B x H x W//2+1 x C`` rows,
+    ``B x C x H x width`` out. Candidates as ``spectrum_rows``'s."""
+    return layout.fastest("irfft2", [spec], {
+        "channels_last": lambda: torch.fft.irfftn(
+            spec, s=(spec.shape[1], width), dim=(1, 2), norm="ortho").permute(0, 3, 1, 2),
+        "nchw": lambda: torch.fft.irfft2(layout.nchw(spec.permute(0, 3, 1, 2)),
+                                         s=(spec.shape[1], width), norm="ortho"),
+    })
+
+
+def _as_rows(spec: Tensor) -> Tensor:
+    """``B x C x H x F`` -> contiguous ``B x H x F x C``."""
+    return layout.channels_last(spec).permute(0, 2, 3, 1)
+
+
 class _SpectrumRows(torch.autograd.Function):
-    """``rfft2(norm="ortho")`` over dims (1, 2) of ``B x H x W x C`` rows (a channels_last
-    image seen as NHWC): ``B x H x W//2+1 x C``, one row of C complex values per frequency.
+    """``spectrum_rows`` (``rfft2(norm="ortho")``, ``B x C x H x W`` real in,
+    ``B x H x W//2+1 x C`` complex rows out), one row of C complex values per frequency.
 
     Written out (with ``_ImageRows``) for its backward: torch differentiates rfft2 with a
     complex inverse FFT of the zero-padded spectrum; the adjoint is one inverse real FFT of the
@@ -104,31 +145,30 @@ class _SpectrumRows(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, rows: Tensor) -> Tensor:
-        ctx.width = rows.shape[2]
-        return torch.fft.rfftn(rows, dim=(1, 2), norm="ortho")
+    def forward(ctx, x: Tensor) -> Tensor:
+        ctx.width = x.shape[3]
+        return spectrum_rows(x)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
-        grad = grad * _column_scale(grad, ctx.width, 0.5)
-        return torch.fft.irfftn(grad, s=(grad.shape[1], ctx.width), dim=(1, 2), norm="ortho")
+        return image_of_rows(grad * _column_scale(grad, ctx.width, 0.5), ctx.width)
 
 
 class _ImageRows(torch.autograd.Function):
     """Inverse of ``_SpectrumRows``: ``irfft2`` of ``B x H x W//2+1 x C`` complex rows,
-    ``B x H x W x C`` real rows out."""
+    ``B x C x H x W`` real out."""
 
     @staticmethod
     def forward(ctx, spec: Tensor, width: int) -> Tensor:
         ctx.width = width
-        return torch.fft.irfftn(spec, s=(spec.shape[1], width), dim=(1, 2), norm="ortho")
+        return image_of_rows(spec, width)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
-        spec = torch.fft.rfftn(grad, dim=(1, 2), norm="ortho")
-        return spec * _column_scale(spec, ctx.width, 2.0), None
+        spec = spectrum_rows(grad)
+        return spec.mul_(_column_scale(spec, ctx.width, 2.0)), None
 
 
 class _PointwiseBNReLU(torch.autograd.Function):
@@ -191,12 +231,12 @@ class FourierUnit(ReferenceFourierUnit):
             return rows.view(b, h, w, c).permute(0, 3, 1, 2)
         real = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            spec = _SpectrumRows.apply(x.permute(0, 2, 3, 1).to(real))  # B x H x W//2+1 x C
-            rows = torch.view_as_real(spec).reshape(-1, 2 * c)
+            spec = _SpectrumRows.apply(x.to(real))  # B x H x W//2+1 x C
+            rows = torch.view_as_real(spec).view(-1, 2 * c)
         rows = self._conv_bn_relu(rows.to(x.dtype))
         with torch.autocast(x.device.type, enabled=False):
             spec = torch.view_as_complex(rows.to(real).view(b, h, -1, c, 2))
-            return _ImageRows.apply(spec, w).permute(0, 3, 1, 2)
+            return _ImageRows.apply(spec, w)
 
     def _conv_bn_relu(self, rows: Tensor) -> Tensor:
         """Conv1x1 -> BN -> ReLU on an ``N x width`` matrix (one row per pixel/frequency)."""
