@@ -17,7 +17,7 @@ import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Sequence, Tuple, Union
 
 import h5py
 import numpy as np
@@ -49,6 +49,20 @@ def ensure_writable_dir(path: PathLike) -> Path:
         raise UserError(
             f"{path}: the output folder is not writable; choose a folder you can write to"
         )
+    return path
+
+
+def check_output_file(path: PathLike, option: str) -> Path:
+    """Refuse, before any work, an output file named ``option`` that is a folder or lies in
+    a folder that is missing or not writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder; {option} names the file to write")
+    if not path.parent.is_dir():
+        raise UserError(f"{path}: the folder {path.parent} does not exist; create it or choose "
+                        f"another {option}")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write in {path.parent}; choose another {option}")
     return path
 
 
@@ -184,32 +198,74 @@ def h5_output(path: PathLike, shown: Optional[PathLike] = None) -> Iterator[h5py
         yield hf
     expected = _h5_digest(buffer)
     shown = Path(shown or path)
-
-    def check(tmp: Path) -> None:
-        try:
-            with open(tmp, "rb") as f:
-                found = _h5_digest(f)
-        except (OSError, KeyError, ValueError, RuntimeError):
-            raise _unverified(shown, "it is not readable as HDF5") from None
-        if found != expected:
-            raise _unverified(shown, "its datasets differ from what was written")
-
-    with atomic_output(path, check, shown) as tmp:
+    with atomic_output(path, lambda tmp: _compare_h5(tmp, expected, shown), shown) as tmp:
         _write_all(tmp, buffer.getbuffer())
 
 
+@contextlib.contextmanager
+def h5_disk_output(path: PathLike, size: int,
+                   shown: Optional[PathLike] = None) -> Iterator[h5py.File]:
+    """``h5_output`` for a file too large to build in memory (about ``size`` bytes).
+
+    libhdf5 writes the temporary file itself, so memory stays at what the caller holds. Its
+    data writes raise on failure; what it can swallow (the metadata flushed at close) is
+    caught by comparing every dataset as the open file holds it with the file re-opened from
+    disk. A disk without ``size`` bytes free is refused before writing (libhdf5 can crash on
+    a full one).
+    """
+    shown = Path(shown or path)
+    if shutil.disk_usage(Path(path).parent).free < size + _NEARLY_FULL:
+        raise _no_space_error(shown)
+    expected: Dict[str, Tuple[Tuple[int, ...], str, int]] = {}
+    with atomic_output(path, lambda tmp: _compare_h5(tmp, expected, shown), shown) as tmp:
+        with h5py.File(tmp, "w") as hf:
+            yield hf
+            hf.flush()
+            expected.update(_digest_of(hf))
+
+
+def _compare_h5(tmp: Path, expected: Dict[str, Tuple[Tuple[int, ...], str, int]],
+                shown: Path) -> None:
+    try:
+        with open(tmp, "rb") as f:
+            found = _h5_digest(f)
+    except (OSError, KeyError, ValueError, RuntimeError):
+        raise _unverified(shown, "it is not readable as HDF5") from None
+    if found != expected:
+        raise _unverified(shown, "its datasets differ from what was written")
+
+
 def _h5_digest(file: Any) -> Dict[str, Tuple[Tuple[int, ...], str, int]]:
-    digest = {}
     with h5py.File(file, "r") as hf:
+        return _digest_of(hf)
 
-        def visit(name: str, item: Any) -> None:
-            if isinstance(item, h5py.Dataset):
-                data = np.ascontiguousarray(item[()])
-                digest[name] = (item.shape, item.dtype.str, zlib.crc32(data.tobytes()))
 
-        hf.visititems(visit)
-        digest["/attrs"] = ((), "", zlib.crc32(repr(sorted(hf.attrs.items())).encode()))
+# Datasets are checksummed this many bytes at a time, so that verifying a file needs no
+# more memory than a slice or so of it.
+_DIGEST_BLOCK = 8 << 20
+
+
+def _digest_of(hf: h5py.File) -> Dict[str, Tuple[Tuple[int, ...], str, int]]:
+    digest = {}
+
+    def visit(name: str, item: Any) -> None:
+        if isinstance(item, h5py.Dataset):
+            digest[name] = (item.shape, item.dtype.str, _crc(item))
+
+    hf.visititems(visit)
+    digest["/attrs"] = ((), "", zlib.crc32(repr(sorted(hf.attrs.items())).encode()))
     return digest
+
+
+def _crc(item: h5py.Dataset) -> int:
+    """CRC-32 of a dataset's C-order bytes, read in blocks along its first axis."""
+    if item.ndim == 0 or item.nbytes <= _DIGEST_BLOCK:
+        return zlib.crc32(np.ascontiguousarray(item[()]).tobytes())
+    step = max(1, _DIGEST_BLOCK * item.shape[0] // item.nbytes)
+    crc = 0
+    for start in range(0, item.shape[0], step):
+        crc = zlib.crc32(np.ascontiguousarray(item[start:start + step]).tobytes(), crc)
+    return crc
 
 
 def _unverified(path: Path, what: str) -> UserError:
@@ -244,56 +300,80 @@ def remove_partials(folder: PathLike, name: str = "*") -> None:
                 stale.unlink(missing_ok=True)
 
 
-def _previous(final: Path) -> Path:
-    return final.with_name(f".{final.name}.previous")
-
-
-def recover_folder(final: PathLike) -> None:
-    """Finish what ``staged_folder`` was doing when a process was killed during its swap.
-
-    Killed between its two renames, the old folder is only under its ``.NAME.previous``
-    name: it is put back. Killed after them, the new folder is complete: the old one goes.
-    """
-    final = Path(final)
-    previous = _previous(final)
-    if previous.is_dir():
-        if final.exists():
-            shutil.rmtree(previous)
-        else:
-            os.rename(previous, final)
+# What a staging folder of ``staged_swap`` holds besides the new entries: the list of names
+# to swap in (written last: its presence means the new output is complete), and the old
+# entries moved aside during the swap.
+_JOURNAL = ".swap.json"
+_ASIDE = ".replaced"
 
 
 @contextlib.contextmanager
-def staged_folder(final: PathLike) -> Iterator[Path]:
-    """Yield an empty hidden folder beside ``final``; on success it replaces ``final``.
+def staged_swap(parent: PathLike, names: Sequence[str], prefix: str,
+                shown: PathLike) -> Iterator[Path]:
+    """Yield an empty hidden folder ``<parent>/<prefix>*.partial`` in which the caller writes
+    the new entries ``names``; on success they replace the entries of those names in
+    ``parent`` (a name not written is left as it is).
 
-    Whatever is written into it (and checked) takes the place of ``final`` only when the
-    block ends without an error: ``final`` moves aside to ``.NAME.previous``, the new folder
-    is renamed to ``final``, the old one is deleted. An error leaves ``final`` untouched;
-    a kill during the swap is repaired by ``recover_folder``.
+    The swap survives a kill at any step. Once the new entries are written, their names go
+    into a journal in the staging folder (an atomic rename: the commit). Then, name by name,
+    the old entry moves into the staging folder and the new one into its place; then the
+    staging folder goes. ``recover_swaps``, run by the next command before anything else,
+    finishes a swap whose journal exists and deletes a staging folder without one, so the
+    result is always the complete old output or the complete new one. An error or Ctrl-C
+    before the commit removes the staging folder and leaves ``parent`` as it was.
     """
-    final = Path(final)
-    with _creating_in(final.parent, final, "choose another output", named=final.parent):
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{final.name}.staging.", suffix=".partial", dir=final.parent)
-        )
+    parent = Path(parent)
+    with _creating_in(parent, Path(shown), "choose another output", named=parent):
+        staging = Path(tempfile.mkdtemp(prefix=prefix, suffix=".partial", dir=parent))
     try:
         yield staging
-        os.chmod(staging, 0o777 & ~_current_umask())
-        previous = _previous(final)
-        if final.exists():
-            os.rename(final, previous)
-        try:
-            os.rename(staging, final)
-        except BaseException:
-            if previous.exists():
-                os.rename(previous, final)
-            raise
-        _fsync(final.parent)
-        if previous.exists():
-            shutil.rmtree(previous)
-    finally:
+        written = [name for name in names if os.path.lexists(staging / name)]
+        write_json(staging / _JOURNAL, written)
+    except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # No handler from here on: whatever stops this is repaired by recover_swaps.
+    _finish_swap(staging, parent)
+
+
+def _finish_swap(staging: Path, parent: Path) -> None:
+    """Move each journalled entry of ``staging`` into ``parent``, the old one aside first;
+    every step can be repeated after a kill (an entry already moved is skipped)."""
+    journal = staging / _JOURNAL
+    names = json.loads(journal.read_text())
+    if not isinstance(names, list) or not all(
+            isinstance(n, str) and n == Path(n).name and not n.startswith(".") for n in names):
+        raise UserError(f"{journal}: not a swap journal written by clgnet-fastmri; move "
+                        f"{staging} away")
+    aside = staging / _ASIDE
+    aside.mkdir(exist_ok=True)
+    for name in names:
+        new, final = staging / name, parent / name
+        if not os.path.lexists(new):
+            continue  # placed before the kill
+        if os.path.lexists(final):
+            os.rename(final, aside / name)
+        os.rename(new, final)
+    _fsync(parent)
+    shutil.rmtree(aside)
+    journal.unlink()
+    shutil.rmtree(staging)
+
+
+def recover_swaps(parent: PathLike, prefix: str) -> None:
+    """Finish or undo the ``staged_swap``s with ``prefix`` that a killed process left in
+    ``parent``: with a journal the new output was complete and the swap is finished, without
+    one nothing was moved yet and the staging folder is deleted."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for staging in sorted(parent.glob(f"{prefix}*.partial")):
+        if not staging.is_dir() or staging.is_symlink():
+            continue
+        if (staging / _JOURNAL).is_file():
+            _finish_swap(staging, parent)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def refuse_overlap(
@@ -326,33 +406,6 @@ def refuse_overlap(
             )
 
 
-def swap_into_place(staging: Path, out: Path, names: List[str]) -> None:
-    """Move the staged split folders into ``out``, replacing (only) those folders."""
-    aside = staging / ".replaced"
-    aside.mkdir()
-    moved, placed = [], []
-    try:
-        for name in names:
-            if (out / name).exists():
-                os.rename(out / name, aside / name)
-                moved.append(name)
-        for name in names:
-            os.rename(staging / name, out / name)
-            placed.append(name)
-    except BaseException:
-        for name in placed:  # undo, best effort: the user's old folders come back
-            try:
-                os.rename(out / name, staging / name)
-            except OSError:
-                pass
-        for name in moved:
-            try:
-                os.rename(aside / name, out / name)
-            except OSError:
-                pass
-        raise
-
-
 def check_output_root(out: Path, names: Sequence[str], overwrite: bool,
                       staging_prefix: str) -> None:
     """``out`` is a folder or absent; not empty (staging folders aside) only with
@@ -376,32 +429,26 @@ def staged_dataset_root(out: Path, names: Sequence[str], overwrite: bool,
                         staging_prefix: str) -> Iterator[Tuple[Path, Path]]:
     """Write split folders ``names`` into the dataset root ``out`` all at once.
 
-    Checks ``out`` (``check_output_root``), creates it if needed, removes staging folders that
-    a killed run left, and yields ``(out, staging)``: the caller writes each of ``names``
-    inside ``staging`` (a hidden folder in ``out``). On success the folders replace those of
-    ``out`` (``swap_into_place``); on any error, Ctrl-C included, the staging folder goes and
-    a root created here is removed again, so nothing half-written remains.
+    First finishes or undoes a swap that a killed run left in ``out`` (``recover_swaps``),
+    then checks ``out`` (``check_output_root``), creates it if needed, and yields
+    ``(out, staging)``: the caller writes each of ``names`` inside ``staging`` (a hidden
+    folder in ``out``). On success the folders replace those of ``out`` (``staged_swap``:
+    a kill at any step leaves the old or the new folders); on any error, Ctrl-C included,
+    the staging folder goes and a root created here is removed again.
     """
+    recover_swaps(out, staging_prefix)
     check_output_root(out, names, overwrite, staging_prefix)
     created = not out.exists()
     out = ensure_writable_dir(out)
-    for stale in out.glob(f"{staging_prefix}*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = None
     try:
-        with _creating_in(out, out, "choose a folder you can write to"):
-            staging = Path(tempfile.mkdtemp(prefix=staging_prefix, suffix=".partial", dir=out))
-        for name in names:
-            (staging / name).mkdir()
-        yield out, staging
-        swap_into_place(staging, out, list(names))
+        with staged_swap(out, names, staging_prefix, out) as staging:
+            for name in names:
+                (staging / name).mkdir()
+            yield out, staging
     except BaseException:
-        if staging is not None:
-            shutil.rmtree(staging, ignore_errors=True)
         if created:
             try:
                 out.rmdir()  # only if still empty
             except OSError:
                 pass
         raise
-    shutil.rmtree(staging, ignore_errors=True)

@@ -1,34 +1,9 @@
-"""Calgary-Campinas (CC-359) raw k-space volumes, read for ``clgnet-fastmri convert``.
-
-Layout of the releases (single-channel ``.npy``, 12-channel ``.h5`` with a ``kspace``
-dataset): real float array ``(slices, rows, cols, 2 x coils)``, real and imaginary parts
-interleaved on the last axis. The readout direction has already been inverse-Fourier
-transformed, so each slice is one 2-D k-space (rows: phase encode, cols: slice encode; the
-12-channel data is zero beyond 85 % of the slice-encode lines, partial Fourier). The k-space
-is *not* centred: the releases' reference image is ``ifft2`` of it, DC at index 0.
-
-Conversion to fastMRI's convention (DC in the middle, image = ``fastmri.ifft2c(kspace)``):
-with ``x = ifft2(K, norm="ortho")`` the source's coil image, the written k-space is
-``fft2c(x)``. For even sides this is exactly ``fftshift(K * (-1)^(ky + kx))``: the same
-samples, moved and sign-flipped, nothing interpolated. The orthonormal FFT keeps the
-source's k-space values, so images are ``sqrt(rows x cols)`` times the releases' numpy
-``ifft2`` reference (NMSE, PSNR and SSIM as fastmri computes them do not change with a
-global scale). The partial-Fourier zeros are kept as they are.
-
-Emulated single coil (``--singlecoil``): the first virtual coil of a per-volume SVD coil
-compression (Buehrer et al., MRM 2007): ``v = u^H k`` with ``u`` the principal eigenvector
-of the coil covariance ``sum k k^H`` over all k-space samples of the volume (equal to the
-image-domain one, the FFT being unitary), its global phase fixed so that its largest entry is
-real and positive. It keeps the coil's phase (k-space is not Hermitian); a one-coil source
-is its own single coil (``u = [1]``).
-"""
-
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, Tuple, Union
+from typing import Iterator, Optional, Tuple, Union
 
 import fastmri
 import h5py
@@ -36,10 +11,16 @@ import numpy as np
 import torch
 
 from ..errors import DataError
+from .synthetic import MAX_COILS, MAX_SIZE, MAX_SLICES
 
 SUFFIXES = (".h5", ".npy")
+LAYOUTS = ("centred", "uncentred")
+# The energy near one candidate DC position must beat the other's by this factor to count as
+# found: natural images put most of it within an eighth of each side of DC.
+LAYOUT_RATIO = 4.0
 _LAYOUT = ("CC-359 raw k-space is a real array (slices, rows, cols, 2 x coils), real and "
            "imaginary parts interleaved on the last axis")
+_REDOWNLOAD = "re-download it or move it out of the folder"
 
 
 @contextlib.contextmanager
@@ -52,7 +33,11 @@ def open_raw(path: Union[str, os.PathLike]) -> Iterator[np.ndarray]:
             data = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(path, f"not a readable .npy array ({' '.join(str(exc).split())})",
-                            "re-download it or move it out of the folder") from None
+                            _REDOWNLOAD) from None
+        if not isinstance(data, np.ndarray):  # np.load opens a zip archive whatever its name
+            data.close()
+            raise DataError(path, "is a .npz archive named .npy",
+                            "extract its k-space array with numpy and save it with np.save")
         _check_layout(path, data)
         yield data
         return
@@ -60,8 +45,11 @@ def open_raw(path: Union[str, os.PathLike]) -> Iterator[np.ndarray]:
         hf = h5py.File(path, "r")
     except OSError:
         raise DataError(path, "not a readable HDF5 file (truncated, corrupt, or another "
-                              "format)", "re-download it or move it out of the folder") from None
+                              "format)", _REDOWNLOAD) from None
     with hf:
+        if "ismrmrd_header" in hf:
+            raise DataError(path, "is a fastMRI file (it has an 'ismrmrd_header'), not CC-359 "
+                                  "raw k-space", "give the folder of the original release")
         if "kspace" not in hf or not isinstance(hf["kspace"], h5py.Dataset):
             raise DataError(path, "has no 'kspace' dataset", _LAYOUT)
         _check_layout(path, hf["kspace"])
@@ -83,28 +71,87 @@ def _check_layout(path: Path, data) -> None:
     if rows % 2 or cols % 2:
         raise DataError(path, f"'kspace' slices are {rows} x {cols}; odd sides are not "
                               "supported", "fastmri's transforms and CLGNet need even sides")
+    # The header's claims, before anything of that size is allocated.
+    if slices > MAX_SLICES or max(rows, cols) > MAX_SIZE or channels // 2 > MAX_COILS:
+        raise DataError(path, f"'kspace' has shape {tuple(data.shape)}, beyond the "
+                              f"{MAX_SLICES} slices, {MAX_SIZE} x {MAX_SIZE} k-space and "
+                              f"{MAX_COILS} coils convert handles",
+                        "check the file (a damaged header?)")
 
 
-def coil_kspace(raw_slice: np.ndarray, path: Union[str, os.PathLike],
-                index: int) -> np.ndarray:
-    """One raw slice ``(rows, cols, 2 x coils)`` as complex128 ``(coils, rows, cols)``."""
+def coil_kspace(raw: np.ndarray, index: int, path: Union[str, os.PathLike]) -> np.ndarray:
+    """Slice ``index`` of a raw array as complex128 ``(coils, rows, cols)``."""
     try:
-        raw = np.asarray(raw_slice, dtype=np.float64)
-    except (OSError, ValueError):
+        data = np.asarray(raw[index], dtype=np.float64)
+    except (OSError, ValueError):  # truncated .npy, corrupt (compressed) HDF5 chunk
         raise DataError(path, f"slice {index} cannot be read (truncated or corrupt file)",
-                        "re-download it or move it out of the folder") from None
-    if not np.isfinite(raw).all():
+                        _REDOWNLOAD) from None
+    if not np.isfinite(data).all():
         raise DataError(path, f"k-space slice {index} contains NaN or Inf values",
                         "repair the file, or leave it out with --skip-bad-files")
-    return np.ascontiguousarray((raw[..., 0::2] + 1j * raw[..., 1::2]).transpose(2, 0, 1))
+    return np.ascontiguousarray((data[..., 0::2] + 1j * data[..., 1::2]).transpose(2, 0, 1))
 
 
-def centred(kspace: np.ndarray) -> np.ndarray:
-    """Uncentred k-space (DC at index 0, even sides) in fastMRI's centred convention:
-    ``fastmri.ifft2c`` of the result is ``ifft2(kspace, norm="ortho")``."""
+def release_layout(path: Path, coils: int) -> Optional[str]:
+    """The centring the file's release stores: 12-channel ``.h5`` centred, single-channel
+    ``.npy`` uncentred; None for a combination no release has."""
+    if path.suffix == ".h5" and coils > 1:
+        return "centred"
+    if path.suffix == ".npy" and coils == 1:
+        return "uncentred"
+    return None
+
+
+def found_layout(raw: np.ndarray, path: Path) -> Optional[str]:
+    """Where the k-space energy of the volume's middle slice peaks: ``"centred"`` (around
+    ``(rows // 2, cols // 2)``), ``"uncentred"`` (around index 0, wrapping), or None when
+    neither clearly does."""
+    amplitude = np.abs(coil_kspace(raw, raw.shape[0] // 2, path))
+    energy = ((amplitude / (amplitude.max() or 1.0)) ** 2).sum(axis=0)  # no overflow
+    rows, cols = energy.shape
+    near = np.roll(energy, (rows // 8, cols // 8), axis=(0, 1))[: 2 * (rows // 8) + 1,
+                                                                : 2 * (cols // 8) + 1].sum()
+    middle = energy[rows // 2 - rows // 8: rows // 2 + rows // 8 + 1,
+                    cols // 2 - cols // 8: cols // 2 + cols // 8 + 1].sum()
+    if middle > LAYOUT_RATIO * near:
+        return "centred"
+    if near > LAYOUT_RATIO * middle:
+        return "uncentred"
+    return None
+
+
+def decide_layout(path: Path, found: Optional[str], release: Optional[str],
+                  override: Optional[str]) -> str:
+    """The centring to convert ``path`` with: what the data shows, which must agree with
+    ``override`` (``--centred``/``--uncentred``) or else the release; either of them when
+    the data does not show it."""
+    wanted, said_by = (override, f"--{override}") if override else (
+        release, f"its release ({path.suffix}, {'multi' if release == 'centred' else 'single'}"
+                 "-channel) stores it")
+    if found and wanted and found != wanted:
+        where = "array centre" if found == "centred" else "array corners (index 0)"
+        raise DataError(path, f"its k-space energy peaks at the {where}, i.e. {found}, but "
+                              f"{said_by} {wanted}",
+                        f"check the file; pass --{found} to convert it as it is")
+    if found or wanted:
+        return found or wanted
+    raise DataError(path, "cannot tell whether its k-space is centred (no clear energy peak, "
+                          "and no release stores this suffix and coil count)",
+                    "pass --centred or --uncentred")
+
+
+def fastmri_kspace(kspace: np.ndarray, layout: str) -> np.ndarray:
+    """k-space ``(..., rows, cols)`` (even sides) of ``layout`` in fastMRI's convention:
+    ``fastmri.ifft2c`` of the result is ``ifft2`` (orthonormal) of the uncentred k-space."""
     rows, cols = kspace.shape[-2:]
-    sign = 1 - 2 * ((np.arange(rows)[:, None] + np.arange(cols)[None, :]) % 2)
-    return np.fft.fftshift(kspace * sign, axes=(-2, -1))
+    if layout == "centred":
+        return kspace * _checkerboard(rows, cols, rows // 2 + cols // 2)
+    return np.fft.fftshift(kspace * _checkerboard(rows, cols, 0), axes=(-2, -1))
+
+
+def _checkerboard(rows: int, cols: int, offset: int) -> np.ndarray:
+    """``(-1)^(y + z - offset)`` as integers (an exact sign flip)."""
+    return 1 - 2 * ((np.arange(rows)[:, None] + np.arange(cols)[None, :] - offset) % 2)
 
 
 def compression_vector(covariance: np.ndarray) -> np.ndarray:
@@ -131,3 +178,14 @@ def shape_of(path: Union[str, os.PathLike]) -> Tuple[int, int, int, int]:
     with open_raw(path) as raw:
         slices, rows, cols, channels = raw.shape
     return slices, channels // 2, rows, cols
+
+
+def probe(path: Union[str, os.PathLike],
+          override: Optional[str]) -> Tuple[Tuple[int, int, int, int], str]:
+    """``shape_of(path)`` and the centring to convert it with (``decide_layout``)."""
+    path = Path(path)
+    with open_raw(path) as raw:
+        slices, rows, cols, channels = raw.shape
+        layout = decide_layout(path, found_layout(raw, path),
+                               release_layout(path, channels // 2), override)
+    return (slices, channels // 2, rows, cols), layout

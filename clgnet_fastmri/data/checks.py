@@ -22,6 +22,8 @@ from fastmri.data.mri_data import et_query
 from ..errors import DataError
 
 CHALLENGES = ("singlecoil", "multicoil")
+# fastMRI's acquisition attributes: what convert writes and evaluate filters on.
+ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK", "AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR")
 TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
 
 # The header fields fastmri.data.SliceDataset reads, as et_query paths.
@@ -230,10 +232,11 @@ def scan_folder(
     """The visible files of ``folder``, sorted, and the entries that cannot be read as files.
 
     Hidden entries (``.DS_Store``, the ``.*.partial`` files of an interrupted write) and
-    subfolders are left out. A dangling symbolic link, a link loop, an entry that cannot be
-    read, or a FIFO, socket or device (which h5py would block on) is returned as a bad entry
-    with its reason, never silently dropped; every other file is returned, so that a stray
-    non-HDF5 file is reported by the per-file check.
+    subfolders are left out, except a folder named like a volume (``x.h5``): a bad entry.
+    A dangling symbolic link, a link loop, an entry that cannot be read, or a FIFO, socket
+    or device (which h5py would block on) is returned as a bad entry with its reason, never
+    silently dropped; every other file is returned, so that a stray non-HDF5 file is
+    reported by the per-file check.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -242,9 +245,11 @@ def scan_folder(
     for entry in sorted(folder.iterdir()):
         if entry.name.startswith("."):
             continue
-        problem = _entry_problem(entry)
-        if problem == "folder":
+        problem = entry_problem(entry)
+        if problem == "folder" and entry.suffix != ".h5":
             continue
+        if problem == "folder":  # named like a volume: refused, never silently dropped
+            problem = "a folder, not an HDF5 file"
         if problem:
             bad[entry] = DataError(entry, problem, _BAD_ENTRY_FIX)
         else:
@@ -252,7 +257,9 @@ def scan_folder(
     return files, bad
 
 
-def _entry_problem(entry: Path) -> Optional[str]:
+def entry_problem(entry: Path) -> Optional[str]:
+    """Why ``entry`` cannot be read as a file: None for a readable regular file, ``"folder"``
+    for a folder (links followed), else the reason."""
     try:
         mode = entry.stat().st_mode
     except FileNotFoundError:
@@ -306,9 +313,12 @@ def target_folder(
         return Path(explicit)
     data_path = Path(data_path)
     for folder in (data_path, data_path.with_name(data_path.name + "_gt")):
-        files = sorted(folder.glob("*.h5")) if folder.is_dir() else []
-        if files:
-            with open_h5(files[0]) as hf:
+        if not folder.is_dir() or not any(folder.glob("*.h5")):
+            continue
+        # Every entry checked: the caller reads these targets after writing its output.
+        first = next((p for p in list_volumes(folder, "target") if p.suffix == ".h5"), None)
+        if first is not None:
+            with open_h5(first) as hf:
                 if key in hf:
                     return folder
     return None

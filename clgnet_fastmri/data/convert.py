@@ -4,40 +4,52 @@ Formats (the readers, and the choices they make, are documented in their modules
 
 ``cc359-raw`` (``cc359.py``)
     Calgary-Campinas raw k-space, ``.h5`` (``kspace`` dataset) or ``.npy``, ``(slices, rows,
-    cols, 2 x coils)``, uncentred. Written as ``multicoil`` files (``reconstruction_rss``);
+    cols, 2 x coils)``: the 12-channel ``.h5`` release centred in ky/kz, the single-channel
+    ``.npy`` release uncentred, each volume's centring checked on its data (``--centred`` /
+    ``--uncentred`` to state it). Written as ``multicoil`` files (``reconstruction_rss``);
     with ``--singlecoil``, or when every source has one coil (the single-channel release),
-    as ``singlecoil`` files (``reconstruction_esc``).
+    as ``singlecoil`` files (``reconstruction_esc``). ``--drop-end-slices N`` drops the
+    outer, nearly empty slices (default: DIRECT's 50 at each end for multi-channel volumes,
+    none for single-channel ones).
 ``nifti`` (``nifti.py``)
     3-D magnitude volumes (``.nii``, ``.nii.gz``), one slice per fastMRI slice; written as
     ``singlecoil`` files whose target is the image.
 
-Every file under SOURCE (searched recursively) with the format's suffixes is one volume.
-Volumes are grouped into subjects (the file name without its suffix, or the part
-``--subject-pattern`` matches), and subjects are split into train/val/test at random for a
-given ``--seed`` (or, with ``--split-by-folder``, as the source's own Train/Val/Test folders
-say): one subject's volumes all go to one split. The test split is masked like
-the fastMRI challenge set (``mask``, ``acceleration``, ``num_low_frequency``, no target),
-with fastmri's mask functions and one (centre fraction, acceleration) pair drawn per volume;
-its targets go to ``{challenge}_test_gt``. All files carry a minimal ISMRMRD header
-(``header.py``) and the attributes ``acquisition``, ``max``, ``norm`` (of the volume's
-target) and ``patient_id`` (the subject).
+Every file under SOURCE (searched recursively, links followed) is accounted for: a volume
+when it has the format's suffix, else listed as ignored in the summary; an entry that cannot
+be read (unreadable folder, dangling link, link loop) stops the run before anything is
+written, or is listed as left out with ``--skip-bad-files``. Volumes are grouped into
+subjects (the file name without its suffix, or the part ``--subject-pattern`` matches), and
+subjects are split into train/val/test at random for a given ``--seed`` (or, with
+``--split-by-folder``, as the source's own Train/Val/Test folders say; a source without a
+Test folder, as CC-359's single-channel release, gives half of its Val subjects to the test
+split): one subject's volumes all go to one split. A split the options ask for that ends up
+with no volume is an error. The test split is masked like the fastMRI challenge set
+(``mask``, ``acceleration``, ``num_low_frequency``, no target), with fastmri's mask
+functions and one (centre fraction, acceleration) pair drawn per volume; its targets go to
+``{challenge}_test_gt``. All files carry a minimal ISMRMRD header (``header.py``) and the
+attributes ``acquisition`` (one of fastMRI's, as ``evaluate --acquisition``), ``max``,
+``norm`` (of the volume's target) and ``patient_id`` (the subject).
 
 Output is atomic: everything is written into a hidden staging folder in OUT and the split
 folders are moved into place at the end, so an error, Ctrl-C or kill leaves OUT as it was
 (a kill leaves the hidden ``.convert-*.partial`` folder, which the next run removes).
-Every source's layout is checked before anything is written; values (NaN, truncated data)
-when they are read. ``--skip-bad-files`` leaves bad sources out instead of stopping.
+The options and every source's header are checked before anything is allocated or written;
+values (NaN, truncated data, values beyond float32, all-zero volumes) when they are read.
+``--skip-bad-files`` leaves bad sources out instead of stopping.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import re
 import time
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import fastmri
 import numpy as np
@@ -46,10 +58,11 @@ from fastmri.data.subsample import create_mask_for_mask_type
 from tqdm import tqdm
 
 from ..errors import DataError, UserError
-from ..files import h5_output, staged_dataset_root
+from ..files import check_output_root, h5_disk_output, h5_output, staged_dataset_root
 from . import cc359, nifti
+from .checks import ACQUISITIONS, entry_problem
 from .header import ismrmrd_header
-from .synthetic import center_fraction
+from .synthetic import MAX_SIZE, center_fraction
 
 FORMATS = ("cc359-raw", "nifti")
 SPLITS = ("train", "val", "test")
@@ -58,6 +71,9 @@ DEFAULT_SPLIT = {"cc359-raw": (25 / 45, 10 / 45, 10 / 45), "nifti": (0.6, 0.2, 0
 MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
 # CC-359's T1 scans have 1 mm voxels; the raw files do not say, the header wants a FOV.
 CC359_VOXEL_MM = 1.0
+# DIRECT's CC-359 loader drops the 50 outer, nearly empty slices at each end of a
+# 12-channel volume; the single-channel release (the paper's) keeps all.
+DROP_END_SLICES = 50
 _STAGING_PREFIX = ".convert-"
 
 Slices = Iterator[Tuple[np.ndarray, np.ndarray]]
@@ -76,26 +92,89 @@ class Source:
     subject: str
     coils: int = 1
     cols: int = 0  # k-space columns (what the test masks sample)
+    slices: Tuple[int, int] = (0, 0)  # cc359-raw: the range of source slices converted
+    layout: str = ""  # cc359-raw: "centred" or "uncentred"
 
 
-def find_sources(root: Path, fmt: str, exclude: Optional[Path] = None) -> List[Path]:
-    """The format's files under ``root`` (recursive, hidden files and ``exclude`` left out)."""
-    if not root.is_dir():
-        raise DataError(root, "source folder not found", "check the path")
-    found = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).parts
-        if any(part.startswith(".") for part in rel) or not path.is_file():
-            continue
-        if exclude is not None and exclude in path.resolve().parents:
-            continue
-        if nifti.is_nifti(path) if fmt == "nifti" else path.suffix.lower() in cc359.SUFFIXES:
-            found.append(path)
-    if not found:
-        kinds = nifti.SUFFIXES if fmt == "nifti" else cc359.SUFFIXES
-        raise DataError(root, f"holds no {fmt} volumes (no {' or '.join(kinds)} files)",
-                        "check the path and --format")
+@dataclass
+class Found:
+    """Every entry under SOURCE: the format's volumes, other files, unreadable entries."""
+
+    volumes: List[Path] = field(default_factory=list)
+    ignored: List[Path] = field(default_factory=list)
+    bad: List[DataError] = field(default_factory=list)
+
+
+_SPLIT_FOLDER = re.compile(r"^(singlecoil|multicoil)_(train|val|test)(_gt)?$")
+
+
+def check_paths(source: Path, out: Path) -> None:
+    """SOURCE is a readable folder of source volumes that OUT does not hold or equal."""
+    if not source.exists():
+        raise DataError(source, "source folder not found", "check the path")
+    if not source.is_dir():
+        raise DataError(source, "is a file, not a folder", "give the folder that holds it")
+    try:
+        os.scandir(source).close()
+    except OSError as exc:
+        raise DataError(source, f"source folder cannot be read ({exc.strerror})",
+                        "check its permissions") from None
+    real, real_out = source.resolve(), out.resolve()
+    if real == real_out:
+        raise UserError(f"{out}: OUT is SOURCE; the new dataset needs a folder of its own: "
+                        "choose an OUT outside SOURCE")
+    if real_out in real.parents:
+        raise UserError(f"{source}: SOURCE lies inside OUT {out}, whose split folders convert "
+                        "replaces; choose an OUT outside SOURCE")
+    if _SPLIT_FOLDER.match(source.name):
+        raise DataError(source, "is a split folder of a fastMRI dataset (what convert and "
+                                "make-data write), not a source",
+                        "give the folder of the original CC-359 or NIfTI files")
+
+
+def find_sources(root: Path, fmt: str, exclude: Optional[Path] = None) -> Found:
+    """Every entry under ``root`` (recursive, links followed once, hidden entries and
+    ``exclude`` left out), sorted into the format's volumes, other files and bad entries."""
+    found = Found()
+    exclude = None if exclude is None else exclude.resolve()
+    for path, problem in _walk(root, (root.resolve(),), {root.resolve()}, exclude):
+        if problem:
+            found.bad.append(DataError(path, problem, "make it readable, remove it, or leave "
+                                                      "it out with --skip-bad-files"))
+        elif nifti.is_nifti(path) if fmt == "nifti" else path.suffix.lower() in cc359.SUFFIXES:
+            found.volumes.append(path)
+        else:
+            found.ignored.append(path)
     return found
+
+
+def _walk(folder: Path, parents: Tuple[Path, ...], seen: Set[Path],
+          exclude: Optional[Path]) -> Iterator[Tuple[Path, Optional[str]]]:
+    """``(path, None)`` for each readable file under ``folder``, ``(path, problem)`` for
+    each entry that cannot be read."""
+    try:
+        entries = sorted(entry.name for entry in os.scandir(folder))
+    except OSError as exc:
+        yield folder, f"folder cannot be read ({exc.strerror})"
+        return
+    for name in entries:
+        path = folder / name
+        if name.startswith("."):  # .git, .DS_Store, a killed run's staging folder
+            continue
+        problem = entry_problem(path)
+        if problem != "folder":
+            yield path, problem
+            continue
+        real = path.resolve()
+        if real == exclude:
+            continue
+        if real in parents:
+            yield path, f"symbolic link loop (leads back to {real})"
+        elif real in seen:
+            yield path, f"leads to {real}, which is read already"
+        else:
+            seen.add(real)
+            yield from _walk(path, parents + (real,), seen, exclude)
 
 
 def subject_of(path: Path, name: str, pattern: Optional[str]) -> str:
@@ -160,6 +239,21 @@ def split_by_folder(sources: Sequence[Source], root: Path) -> Dict[str, List[str
     return {s: sorted(subjects) for s, subjects in out.items()}
 
 
+def carve_test(by_split: Dict[str, List[str]], root: Path, seed: int) -> Dict[str, List[str]]:
+    """A release without test subjects (CC-359's single-channel release: Train/ and Val/
+    only, its test subjects never published) gives half of its validation subjects (rounded
+    down, drawn for ``seed``) to the test split."""
+    val = by_split["val"]
+    if len(val) < 2:
+        raise DataError(root, f"has no Test folder and {len(val)} validation subject"
+                              f"{'s' if len(val) != 1 else ''}; the test split is carved "
+                              "from half of the Val subjects, which needs at least 2",
+                        "add subjects to Val, or split at random without --split-by-folder")
+    chosen = set(np.random.default_rng(seed).choice(val, len(val) // 2, replace=False))
+    return {"train": by_split["train"], "val": [s for s in val if s not in chosen],
+            "test": sorted(chosen)}
+
+
 def _volume_rng(seed: int, name: str) -> np.random.Generator:
     """A volume's own stream (mask, phase): independent of the other volumes."""
     return np.random.default_rng([seed, zlib.crc32(name.encode("utf-8"))])
@@ -175,31 +269,36 @@ class Converted:
     fov_mm: Tuple[float, float, float]
     coils: int
     slices: Slices
+    clipped: int = 0  # negative voxels clipped to zero (NIfTI)
 
 
-def convert_cc359(path: Path, singlecoil: bool) -> Converted:
-    """A CC-359 raw volume as centred k-space and RSS (or emulated single-coil) targets."""
-    num_slices, coils, rows, cols = cc359.shape_of(path)
+def convert_cc359(source: Source, singlecoil: bool) -> Converted:
+    """A CC-359 raw volume (its slice range and centring found by ``_scan``) as centred
+    k-space and RSS (or emulated single-coil) targets."""
+    _, coils, rows, cols = cc359.shape_of(source.path)
+    first, stop = source.slices
     fov = (rows * CC359_VOXEL_MM, cols * CC359_VOXEL_MM, CC359_VOXEL_MM)
-    shape = (num_slices, rows, cols) if singlecoil else (num_slices, coils, rows, cols)
-    return Converted(shape, fov, coils, _cc359_slices(path, singlecoil))
+    shape = (stop - first, rows, cols) if singlecoil else (stop - first, coils, rows, cols)
+    return Converted(shape, fov, coils, _cc359_slices(source, singlecoil))
 
 
-def _cc359_slices(path: Path, singlecoil: bool) -> Slices:
+def _cc359_slices(source: Source, singlecoil: bool) -> Slices:
+    path, indices = source.path, range(*source.slices)
     with cc359.open_raw(path) as raw:
         weights = None
         if singlecoil:
             coils = raw.shape[-1] // 2
             covariance = np.zeros((coils, coils), dtype=np.complex128)
-            for k in range(raw.shape[0]):
-                flat = cc359.coil_kspace(raw[k], path, k).reshape(coils, -1)
+            for k in indices:
+                flat = cc359.coil_kspace(raw, k, path).reshape(coils, -1)
                 covariance += flat @ flat.conj().T
             weights = cc359.compression_vector(covariance).conj()
-        for k in range(raw.shape[0]):
-            kspace = cc359.coil_kspace(raw[k], path, k)
+        for k in indices:
+            kspace = cc359.coil_kspace(raw, k, path)
             if weights is not None:
                 kspace = np.tensordot(weights, kspace, axes=1)
-            kspace = cc359.centred(kspace).astype(np.complex64)
+            with np.errstate(over="ignore"):  # write_volume names values beyond float32
+                kspace = cc359.fastmri_kspace(kspace, source.layout).astype(np.complex64)
             yield kspace, cc359.target(kspace)
 
 
@@ -207,12 +306,13 @@ def convert_nifti(path: Path, axis: str, size: int, keep_empty: bool,
                   phase_rng: Optional[np.random.Generator]) -> Converted:
     """A NIfTI volume as ``fft2c`` k-space (with a smooth phase if ``phase_rng``) and the
     image as target."""
-    images, (row_mm, col_mm, slice_mm) = nifti.read_slices(path, axis, size, keep_empty)
+    images, (row_mm, col_mm, slice_mm), clipped = nifti.read_slices(path, axis, size,
+                                                                     keep_empty)
     phase = None
     if phase_rng is not None:
         phase = np.exp(1j * nifti.smooth_phase(size, phase_rng)).astype(np.complex64)
     return Converted(images.shape, (row_mm * size, col_mm * size, slice_mm), 1,
-                     _nifti_slices(images, phase))
+                     _nifti_slices(images, phase), clipped)
 
 
 def _nifti_slices(images: np.ndarray, phase: Optional[np.ndarray]) -> Slices:
@@ -251,9 +351,10 @@ class MaskSpec:
 
 def write_volume(converted: Converted, path: Path, challenge: str, acquisition: str,
                  subject: str, test: Optional[Tuple[MaskSpec, np.random.Generator]] = None,
-                 gt_path: Optional[Path] = None) -> int:
+                 gt_path: Optional[Path] = None, source: Optional[Path] = None) -> int:
     """Write one converted volume (a test file and its ``_test_gt`` twin when ``test`` is
-    given), slice by slice; return its slice count."""
+    given), slice by slice; return its slice count. Values that are not finite in float32
+    or a volume without signal are refused, naming ``source`` (default ``path``)."""
     key = "reconstruction_esc" if challenge == "singlecoil" else "reconstruction_rss"
     shape = converted.kspace_shape
     header = ismrmrd_header(shape[-2], shape[-1], converted.fov_mm, shape[0], converted.coils,
@@ -264,14 +365,22 @@ def write_volume(converted: Converted, path: Path, challenge: str, acquisition: 
         spec, rng = test
         mask, acc, num_low = spec.sample(shape[-1], rng)
         attrs.update(acceleration=acc, num_low_frequency=num_low)
-    with h5_output(path) as hf:
+    # k-space goes to disk slice by slice: memory stays about one target volume.
+    size = int(np.prod(shape)) * 8 + shape[0] * shape[-2] * shape[-1] * 4 + len(header)
+    with h5_disk_output(path, size) as hf:
         hf.create_dataset("ismrmrd_header", data=header)
         kspace = hf.create_dataset("kspace", shape=shape, dtype=np.complex64)
         targets = []
         for k, (ks, tg) in enumerate(converted.slices):
+            if not (np.isfinite(ks).all() and np.isfinite(tg).all()):
+                raise DataError(source or path, f"slice {k} exceeds the float32 range once "
+                                                "converted", "rescale the source volume")
             kspace[k] = ks if mask is None else ks * mask
             targets.append(tg)
         target = np.stack(targets)
+        if not target.any():
+            raise DataError(source or path, "is all zero (no signal in any slice)",
+                            "check the file, or leave it out with --skip-bad-files")
         stats = {"max": float(target.max()),
                  "norm": float(np.linalg.norm(target.astype(np.float64)))}
         if mask is None:
@@ -302,6 +411,8 @@ class ConvertSummary:
     volumes: Dict[str, List[str]]  # split -> output file names
     slices: Dict[str, int]
     skipped: List[str] = field(default_factory=list)  # "path: problem" of left-out sources
+    ignored: List[Path] = field(default_factory=list)  # files that are not the format's
+    clipped: Dict[str, int] = field(default_factory=dict)  # volume -> negative voxels
     seconds: float = 0.0
 
     def __str__(self) -> str:
@@ -319,6 +430,15 @@ class ConvertSummary:
                          f"{_count(len(self.subjects[split]), 'subject')} "
                          f"{_count(len(self.volumes[split]), 'volume')} "
                          f"{_count(self.slices[split], 'slice', 6)}{note}")
+        if self.clipped:
+            lines.append(f"  clipped {sum(self.clipped.values())} negative voxels to 0 in "
+                         f"{_count(len(self.clipped), 'volume', 0).strip()} (interpolation "
+                         f"undershoot): {', '.join(sorted(self.clipped))}")
+        if self.ignored:
+            examples = ", ".join([p.name for p in self.ignored[:3]]
+                                 + ["..."] * (len(self.ignored) > 3))
+            lines.append(f"  ignored {_count(len(self.ignored), 'file', 0).strip()} without "
+                         f"a {self.fmt} suffix ({examples})")
         for problem in self.skipped:
             lines.append(f"  left out: {problem}")
         return "\n".join(lines)
@@ -330,11 +450,17 @@ def _count(n: int, noun: str, width: int = 4) -> str:
 
 def _check_options(args: argparse.Namespace) -> Tuple[Tuple[float, ...], MaskSpec]:
     split = tuple(args.split) if args.split else DEFAULT_SPLIT[args.format]
-    if len(split) != 3 or min(split) < 0 or sum(split) <= 0:
-        raise UserError(f"--split takes three non-negative numbers (train val test), not "
-                        f"{' '.join(map(str, split))}")
-    if args.size < 16 or args.size % 2:
-        raise UserError(f"--size must be an even number of at least 16, not {args.size}")
+    if len(split) != 3 or not all(math.isfinite(s) for s in split) or min(split) < 0 \
+            or sum(split) <= 0:
+        raise UserError(f"--split takes three finite non-negative numbers (train val test), "
+                        f"not {' '.join(map(str, split))}")
+    if args.size < 16 or args.size % 2 or args.size > MAX_SIZE:
+        raise UserError(f"--size must be an even number from 16 to {MAX_SIZE}, not "
+                        f"{args.size}")
+    if args.seed < 0:
+        raise UserError(f"--seed must be 0 or more, not {args.seed}")
+    if args.drop_end_slices is not None and args.drop_end_slices < 0:
+        raise UserError(f"--drop-end-slices must be 0 or more, not {args.drop_end_slices}")
     # Ranges and matching lengths are checked by the CLI's shared settings.validate.
     accs = tuple(args.accelerations)
     cfs = tuple(args.center_fractions) if args.center_fractions else tuple(
@@ -347,33 +473,60 @@ def _check_options(args: argparse.Namespace) -> Tuple[Tuple[float, ...], MaskSpe
     return split, MaskSpec(args.mask_type, cfs, accs)
 
 
-def _scan(args: argparse.Namespace, out: Path,
-          skipped: List[str]) -> Tuple[List[Source], str]:
+def _found_sources(args: argparse.Namespace, out: Path, skipped: List[str]) -> Found:
+    """``find_sources``, its unreadable entries raised (or listed in ``skipped``)."""
+    found = find_sources(args.source, args.format, exclude=out)
+    if found.bad and not args.skip_bad_files:
+        raise found.bad[0]
+    skipped.extend(str(exc) for exc in found.bad)
+    if not found.volumes:
+        kinds = nifti.SUFFIXES if args.format == "nifti" else cc359.SUFFIXES
+        others = f"; it has {len(found.ignored)} other files" if found.ignored else ""
+        raise DataError(args.source, f"holds no {args.format} volumes (no "
+                                     f"{' or '.join(kinds)} files{others})",
+                        "check the path and --format")
+    return found
+
+
+def _source(args: argparse.Namespace, path: Path, name: str) -> Source:
+    """One source, its header checked."""
+    subject = subject_of(path, name, args.subject_pattern)
+    if args.format == "nifti":
+        nifti.check_size(path, nifti.open_volume(path), args.axis, args.size)
+        return Source(path, name, subject, 1, args.size)
+    (slices, coils, _, cols), layout = cc359.probe(path, args.layout)
+    drop = args.drop_end_slices
+    if drop is None:
+        drop = DROP_END_SLICES if coils > 1 else 0
+    if slices <= 2 * drop:
+        raise DataError(path, f"has {slices} slices, none left after dropping {drop} at each "
+                              "end", "pass a smaller --drop-end-slices")
+    return Source(path, name, subject, coils, cols, (drop, slices - drop), layout)
+
+
+def _scan(args: argparse.Namespace, found: Found, skipped: List[str]) -> Tuple[List[Source], str]:
     """Every source, its layout checked (bad ones raise, or go to ``skipped``); the
     challenge to write."""
     sources: List[Source] = []
     names: Dict[str, Path] = {}
-    for path in find_sources(args.source, args.format, exclude=out.resolve()):
+    for path in found.volumes:
         name = nifti.stem(path) if args.format == "nifti" else path.stem
         try:
             if name in names:
                 raise DataError(path, f"has the same name as {names[name]}",
                                 "output files are named after their source; rename one")
-            if args.format == "nifti":
-                nifti.open_volume(path)
-                coils, cols = 1, args.size
-            else:
-                _, coils, _, cols = cc359.shape_of(path)
-            subject = subject_of(path, name, args.subject_pattern)
+            source = _source(args, path, name)
         except DataError as exc:
             if not args.skip_bad_files:
                 raise
             skipped.append(str(exc))
             continue
         names[name] = path
-        sources.append(Source(path, name, subject, coils, cols))
+        sources.append(source)
     if not sources:
-        raise DataError(args.source, "no usable volumes (every file was left out)")
+        raise DataError(args.source, "no usable volumes (every file was left out: "
+                                     f"{skipped[0]}{' ...' if len(skipped) > 1 else ''})",
+                        "repair the files listed")
     if args.format == "nifti" or args.singlecoil or all(s.coils == 1 for s in sources):
         return sources, "singlecoil"
     ones = [s for s in sources if s.coils == 1]
@@ -384,17 +537,37 @@ def _scan(args: argparse.Namespace, out: Path,
     return sources, "multicoil"
 
 
+def _split(args: argparse.Namespace, sources: List[Source],
+           split: Sequence[float]) -> Dict[str, List[str]]:
+    """Subjects per split; a split the options ask for that gets none is refused."""
+    if args.split_by_folder:
+        by_split = split_by_folder(sources, args.source)
+        if not by_split["test"]:
+            by_split = carve_test(by_split, args.source, args.seed)
+        wanted = SPLITS
+    else:
+        by_split = split_subjects([s.subject for s in sources], split, args.seed)
+        wanted = [name for name, share in zip(SPLITS, split) if share > 0]
+    empty = [name for name in wanted if not by_split[name]]
+    if empty:
+        raise DataError(args.source, f"its {len(set(s.subject for s in sources))} usable "
+                                     f"subjects leave the {' and '.join(empty)} split empty",
+                        "add subjects, or give --split counts with 0 for a split you do not "
+                        "want")
+    return by_split
+
+
 def convert(args: argparse.Namespace) -> ConvertSummary:
     """Run the conversion described by the parsed command line (see the module doc)."""
     started = time.perf_counter()
     split, mask_spec = _check_options(args)
     out = Path(args.out)
+    check_paths(args.source, out)
+    check_output_root(out, [], args.overwrite, _STAGING_PREFIX)  # before reading any source
     skipped: List[str] = []
-    sources, challenge = _scan(args, out, skipped)
-    if args.split_by_folder:
-        by_split = split_by_folder(sources, args.source)
-    else:
-        by_split = split_subjects([s.subject for s in sources], split, args.seed)
+    found = _found_sources(args, out, skipped)
+    sources, challenge = _scan(args, found, skipped)
+    by_split = _split(args, sources, split)
     test_subjects = set(by_split["test"])
     for source in sources:
         if source.subject in test_subjects:
@@ -402,20 +575,33 @@ def convert(args: argparse.Namespace) -> ConvertSummary:
     names = {s: f"{challenge}_{s}" for s in SPLITS if by_split[s]}
     if "test" in names:
         names["test_gt"] = f"{challenge}_test_gt"
+    clipped: Dict[str, int] = {}
     with staged_dataset_root(out, list(names.values()), args.overwrite, _STAGING_PREFIX) as (
             out, staging):
         volumes, slices = _write_all(args, sources, by_split, challenge, mask_spec, staging,
-                                     names, skipped)
+                                     names, skipped, clipped)
+        _check_written(args.source, by_split, volumes, skipped)
     return ConvertSummary(
         root=out, fmt=args.format, challenge=challenge, seed=args.seed,
         folders={key: out / name for key, name in names.items()}, subjects=by_split,
-        volumes=volumes, slices=slices, skipped=skipped,
-        seconds=time.perf_counter() - started)
+        volumes=volumes, slices=slices, skipped=skipped, ignored=found.ignored,
+        clipped=clipped, seconds=time.perf_counter() - started)
+
+
+def _check_written(source: Path, by_split: Dict[str, List[str]],
+                   volumes: Dict[str, List[str]], skipped: List[str]) -> None:
+    """Every split that has subjects has a volume: else nothing is moved into place."""
+    for split in SPLITS:
+        if by_split[split] and not volumes[split]:
+            raise DataError(source, f"every volume of the {split} split was left out "
+                                    f"({skipped[-1]}{' ...' if len(skipped) > 1 else ''})",
+                            "repair the files listed, or convert without them")
 
 
 def _write_all(args, sources: List[Source], by_split: Dict[str, List[str]], challenge: str,
                mask_spec: MaskSpec, staging: Path, names: Dict[str, str],
-               skipped: List[str]) -> Tuple[Dict[str, List[str]], Dict[str, int]]:
+               skipped: List[str],
+               clipped: Dict[str, int]) -> Tuple[Dict[str, List[str]], Dict[str, int]]:
     split_of = {subject: s for s, subjects in by_split.items() for subject in subjects}
     volumes: Dict[str, List[str]] = {s: [] for s in SPLITS}
     slices = {s: 0 for s in SPLITS}
@@ -433,10 +619,10 @@ def _write_all(args, sources: List[Source], by_split: Dict[str, List[str]], chal
                     converted = convert_nifti(source.path, args.axis, args.size,
                                               args.keep_empty, rng if args.phase else None)
                 else:
-                    converted = convert_cc359(source.path, challenge == "singlecoil")
+                    converted = convert_cc359(source, challenge == "singlecoil")
                 test = (mask_spec, rng) if split == "test" else None
                 n = write_volume(converted, path, challenge, args.acquisition, source.subject,
-                                 test, gt_path)
+                                 test, gt_path, source.path)
             except DataError as exc:
                 if not args.skip_bad_files:
                     raise
@@ -444,6 +630,8 @@ def _write_all(args, sources: List[Source], by_split: Dict[str, List[str]], chal
                 continue
             volumes[split].append(fname)
             slices[split] += n
+            if converted.clipped:
+                clipped[source.path.name] = converted.clipped
     return volumes, slices
 
 
@@ -461,6 +649,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="cc359-raw: Calgary-Campinas raw k-space (.h5 or .npy, "
                              "slices x rows x cols x 2*coils); nifti: 3-D magnitude volumes "
                              "(.nii, .nii.gz)" + none)
+    layout = parser.add_mutually_exclusive_group()
+    for name in cc359.LAYOUTS:
+        layout.add_argument(f"--{name}", dest="layout", action="store_const", const=name,
+                            help=f"cc359-raw: the k-space is {name} (default: found from the "
+                                 "data, which must agree with the file's release: 12-channel "
+                                 ".h5 centred, single-channel .npy uncentred)" + none)
+    parser.add_argument("--drop-end-slices", type=int, default=None, metavar="N",
+                        help="cc359-raw: drop N slices at each end of every volume (default: "
+                             f"{DROP_END_SLICES} for multi-channel volumes, as DIRECT's loader; "
+                             "0 for single-channel ones, as the paper)" + none)
     parser.add_argument("--singlecoil", action="store_true",
                         help="cc359-raw: write an emulated single coil (first virtual coil of "
                              "a per-volume SVD coil compression) instead of multicoil files")
@@ -492,9 +690,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                           "0.08 at 4x, 0.04 at 8x)" + none)
     parser.add_argument("--mask-type", choices=MASK_TYPES, default="random",
                         help="fastmri mask function of the test split")
-    parser.add_argument("--acquisition", default="AXT1",
-                        help="the files' 'acquisition' attribute (evaluate --acquisition "
-                             "filters on it)")
+    parser.add_argument("--acquisition", default="AXT1", choices=ACQUISITIONS,
+                        help="the files' 'acquisition' attribute, one of fastMRI's (evaluate "
+                             "--acquisition filters on it)")
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the subject split, the test masks and the phases")
     parser.add_argument("--skip-bad-files", action="store_true",

@@ -16,6 +16,13 @@ image's is. The target is the image itself.
 Empty end slices: a slice is empty when no pixel exceeds ``EMPTY_FRACTION`` of the volume's
 99th intensity percentile; runs of them at both ends of the volume are dropped, those
 between anatomy are kept.
+
+Negative voxels: resampled or normalised brains (SPM, FSL, ANTs outputs) have a few small
+negative values from interpolation undershoot; a magnitude cannot be negative, so they are
+clipped to zero and counted. A volume whose negative values hold more than
+``NEGATIVE_LIMIT`` of its absolute intensity is no magnitude image (phase, CT, a difference)
+and is refused, as are complex and RGB volumes and headers that claim more than
+``MAX_VOXELS`` voxels, more data than the file holds, or no usable orientation.
 """
 
 from __future__ import annotations
@@ -34,6 +41,10 @@ from ..errors import DataError
 SUFFIXES = (".nii", ".nii.gz")
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
 EMPTY_FRACTION = 0.05
+NEGATIVE_LIMIT = 0.05
+# 1 GiB as float32, four times a 0.5 mm whole head: a header beyond it is damaged or not MRI.
+MAX_VOXELS = 2**28
+PAD_LIMIT = 4
 
 
 def is_nifti(path: Path) -> bool:
@@ -46,7 +57,8 @@ def stem(path: Path) -> str:
 
 
 def open_volume(path: Union[str, os.PathLike]) -> nib.Nifti1Image:
-    """The NIfTI image of ``path`` (header read, data not yet), checked to be 3-D."""
+    """The NIfTI image of ``path`` (header read, data not yet), its header checked: a 3-D
+    real volume of at most ``MAX_VOXELS`` voxels that the file holds, with an orientation."""
     path = Path(path)
     try:
         image = nib.load(path)
@@ -60,35 +72,101 @@ def open_volume(path: Union[str, os.PathLike]) -> nib.Nifti1Image:
                                         "into volumes first)")
     if min(shape) < 1:
         raise DataError(path, f"has an empty shape {tuple(shape)}")
+    _check_header(path, image)
     return image
 
 
+def _check_header(path: Path, image: nib.Nifti1Image) -> None:
+    dtype = image.get_data_dtype()
+    if dtype.fields is not None or not np.issubdtype(dtype, np.number):
+        raise DataError(path, f"holds {dtype.names or dtype} voxels (e.g. RGB), not intensities",
+                        "convert a grey-level magnitude volume")
+    if np.issubdtype(dtype, np.complexfloating):
+        raise DataError(path, "holds complex voxels; magnitude images are expected",
+                        "convert its magnitude (abs) instead")
+    voxels = int(np.prod(image.shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise DataError(path, f"its header claims {' x '.join(map(str, image.shape))} voxels, "
+                              f"more than the {MAX_VOXELS} convert handles",
+                        "check the file (a damaged header?)")
+    if not path.name.lower().endswith(".gz"):
+        needed = int(image.header.get_data_offset()) + voxels * dtype.itemsize
+        if path.stat().st_size < needed:
+            raise DataError(path, f"its header claims {needed} bytes of data and header, the "
+                                  f"file holds {path.stat().st_size}",
+                            "the file is truncated or its header damaged; re-download it")
+    affine = image.affine
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise DataError(path, "has no usable orientation (its affine is NaN, Inf or singular)",
+                        "repair the header's sform/qform (e.g. with fslorient)")
+
+
+def check_size(path: Path, image: nib.Nifti1Image, axis: str, size: int) -> None:
+    """Refuse a ``--size`` far beyond the volume (mostly padding) or one whose slices
+    would exceed ``MAX_VOXELS``: from the header, before any data is read."""
+    sides = image.shape
+    if size > PAD_LIMIT * max(sides):
+        raise DataError(path, f"--size {size} is over {PAD_LIMIT}x the volume's largest side "
+                              f"({' x '.join(map(str, sides))}); the slices would be nearly "
+                              "all padding", f"use a --size near {max(sides)}")
+    slices = sides[list(nib.io_orientation(image.affine)[:, 0]).index(AXES[axis])]
+    if slices * size * size > MAX_VOXELS:
+        raise DataError(path, f"{slices} slices of {size} x {size} exceed the {MAX_VOXELS} "
+                              "voxels convert handles", "use a smaller --size")
+
+
 def read_slices(path: Union[str, os.PathLike], axis: str, size: int,
-                keep_empty: bool) -> Tuple[np.ndarray, Tuple[float, float, float]]:
-    """float32 slices ``(n, size, size)`` of the volume at ``path`` and the voxel size in mm
-    ``(row, col, slice)`` of those slices."""
+                keep_empty: bool) -> Tuple[np.ndarray, Tuple[float, float, float], int]:
+    """float32 slices ``(n, size, size)`` of the volume at ``path``, the voxel size in mm
+    ``(row, col, slice)`` of those slices, and the number of negative voxels clipped."""
     path = Path(path)
     image = nib.as_closest_canonical(open_volume(path))
     try:
-        data = image.get_fdata(dtype=np.float32)
+        with np.errstate(over="ignore"):  # values beyond float32 are reported below
+            data = image.get_fdata(dtype=np.float32)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
         raise DataError(path, f"the image data cannot be read ({_one_line(exc)})",
                         "the file is truncated or corrupt; re-download it or move it out of "
                         "the folder") from None
     if not np.isfinite(data).all():
-        raise DataError(path, "contains NaN or Inf values",
-                        "repair the file, or leave it out with --skip-bad-files")
-    if data.min() < 0:
-        raise DataError(path, f"has negative values (minimum {data.min():g}); magnitude "
-                              "images are expected", "convert magnitude images")
+        _refuse_non_finite(path, image)
+    clipped = _clip_negative(path, data)
     zooms = tuple(float(z) for z in image.header.get_zooms()[:3])
     slices, (row_mm, col_mm) = _radiological(data, AXES[axis], zooms)
     if not keep_empty:
         slices = _trim_empty(slices)
-    if len(slices) == 0:
+    if len(slices) == 0 or not slices.any():
         raise DataError(path, "holds no anatomy (every slice is empty)",
-                        "check the file, or keep all slices with --keep-empty")
-    return _crop_or_pad(slices, size), (row_mm, col_mm, zooms[AXES[axis]])
+                        "check the file" + ("" if keep_empty else
+                                            ", or keep all slices with --keep-empty"))
+    return _crop_or_pad(slices, size), (row_mm, col_mm, zooms[AXES[axis]]), clipped
+
+
+def _refuse_non_finite(path: Path, image: nib.Nifti1Image) -> None:
+    """NaN or Inf in the float32 data: in the file, or finite values beyond float32."""
+    if np.isfinite(np.asanyarray(image.dataobj)).all():
+        raise DataError(path, "has values beyond the float32 range",
+                        "rescale the volume (its intensities are far beyond any MRI's)")
+    raise DataError(path, "contains NaN or Inf values",
+                    "repair the file, or leave it out with --skip-bad-files")
+
+
+def _clip_negative(path: Path, data: np.ndarray) -> int:
+    """Clip negative voxels to zero in place; return how many there were."""
+    negative = data < 0
+    count = int(negative.sum())
+    if count == 0:
+        return 0
+    below = -float(data[negative].sum(dtype=np.float64))
+    total = float(np.abs(data).sum(dtype=np.float64))
+    if below > NEGATIVE_LIMIT * total:
+        raise DataError(path, f"is no magnitude image: its negative values hold "
+                              f"{100 * below / total:.0f} % of its absolute intensity "
+                              f"(minimum {data.min():g})",
+                        "convert magnitude images (a few small negative values from "
+                        f"interpolation, under {100 * NEGATIVE_LIMIT:g} %, are clipped to 0)")
+    np.maximum(data, 0, out=data)
+    return count
 
 
 def _one_line(exc: BaseException) -> str:
