@@ -143,6 +143,11 @@ class OrientationAdversarialMixin(pl.LightningModule):
         hp = self.hparams
         return hp.adversary_strength > 0 and self.current_epoch >= hp.adversary_warmup_epochs
 
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        # The base's checks read the network's input, which here sits inside the sample.
+        sample = batch.sample if isinstance(batch, OrientedSample) else batch
+        super().on_train_batch_start(sample, batch_idx)
+
     def training_images(self, batch: OrientedSample) -> Tensor:
         # What CLGNetModule's BatchNorm refresh feeds the network.
         return batch.sample.image

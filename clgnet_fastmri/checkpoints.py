@@ -64,6 +64,17 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Dict[str, Any]:
     return checkpoint
 
 
+def check_finite_weights(state: Mapping[str, Any], checkpoint: Union[str, os.PathLike]) -> None:
+    """Refuse a checkpoint whose weights (``state``) hold NaN or Inf, naming one."""
+    for name, tensor in state.items():
+        if torch.is_tensor(tensor) and tensor.is_floating_point() and \
+                not torch.isfinite(tensor).all():
+            raise UserError(
+                f"{checkpoint}: weight {name} holds NaN or Inf values (the training "
+                "diverged); use an earlier checkpoint"
+            )
+
+
 def _unsafe_globals(path: Path) -> List[str]:
     """The classes and functions a checkpoint's pickle imports beyond torch's allowlist."""
     try:

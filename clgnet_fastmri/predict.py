@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .checkpoints import load_recorded
+from .checkpoints import check_finite_weights, load_recorded
 from .data.checks import (
     TARGET_KEYS,
     list_volumes,
@@ -44,12 +44,12 @@ from .errors import DataError, UserError
 from .figures import collect_slices, save_figure
 from .files import (
     atomic_output,
-    recover_folder,
+    recover_swaps,
     refuse_overlap,
-    remove_partials,
-    staged_folder,
+    staged_swap,
     write_volume,
 )
+from .pl_modules.bridge import check_pooling
 from .pl_modules.kinds import KINDS, ModelKind
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,7 @@ def forward_batch(model: nn.Module, batch: Union[tuple, VarNetSample], device: s
     does (to the k-space width where that is narrower). Inputs take the dtype of the
     network's weights, so a model converted to bfloat16/float16 runs as it is.
     """
+    check_pooling(model, batch)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     if isinstance(batch, VarNetSample):
         output = model(batch.masked_kspace.to(device, dtype), batch.mask.to(device),
@@ -269,14 +270,18 @@ def predict(
     if model_dtype is not None and kind.name == "varnet":
         raise UserError(f"{checkpoint}: fastmri's VarNet runs its FFTs in the weights' dtype, "
                         "which cannot be bfloat16/float16; use --precision bf16-mixed")
-    check_finite_weights(model, checkpoint)
+    check_finite_weights(model.state_dict(), checkpoint)
     if model_dtype is not None:
         model = model.to(model_dtype)
     dataset, image_dataset = prediction_datasets(kind, data_path, challenge, mask_func)
-    # Hidden inside the staging folder, so that it travels with it; renamed to zip_path
-    # right after the swap.
-    pending_zip = f".{output.name}.zip.partial"
-    with staged_folder(output) as staging:
+    # Found (and its entries checked) before anything is written: a bad target folder must
+    # not fail the figure after the submission was swapped in.
+    targets = target_folder(data_path, challenge, target_path)
+    # The folder and its zip are swapped in together.
+    swapped = [output.name] + ([zip_path.name] if zip_path else [])
+    with staged_swap(output.parent, swapped, staging_prefix(output), output) as staging:
+        folder = staging / output.name
+        folder.mkdir()
         for fname, volume in reconstruct(
             model, dataset, batch_size, num_workers, device, autocast_dtype, progress
         ):
@@ -287,13 +292,10 @@ def predict(
                     "the reconstruction holds NaN or Inf values",
                     f"is the checkpoint {checkpoint} broken?",
                 )
-            write_volume(staging / name, volume, shown=output / name)
-        names = check_submission(staging, data_path, challenge, v2_names)
+            write_volume(folder / name, volume, shown=output / name)
+        names = check_submission(folder, data_path, challenge, v2_names)
         if zip_path:
-            write_zip(staging / pending_zip, staging, names, shown=zip_path)
-    if zip_path:
-        os.replace(output / pending_zip, zip_path)
-    targets = target_folder(data_path, challenge, target_path)
+            write_zip(staging / zip_path.name, folder, names, shown=zip_path)
     if figure is None or targets is None:
         figure = None
     else:
@@ -301,7 +303,7 @@ def predict(
             image_dataset, output, targets, TARGET_KEYS[challenge],
             recon_name=lambda name: submission_name(name, v2_names),
         )
-        save_figure(views, figure)
+        save_figure(views, figure, kind.title)
     return Submission(names, zip_path, figure)
 
 
@@ -318,6 +320,11 @@ PRECISIONS = {
 
 def zip_path_of(output: Path) -> Path:
     return output.with_name(output.name + ".zip")
+
+
+def staging_prefix(output: Path) -> str:
+    """Name prefix of ``predict``'s hidden staging folders beside ``output``."""
+    return f".{output.name}.staging."
 
 
 def check_output_name(output: Path) -> Path:
@@ -343,10 +350,8 @@ def check_outputs(
     previous submission: a folder of ``.h5`` files (which is all ``predict`` writes there).
     """
     refuse_overlap({"--output": output, "the zip": zip_path, "--figure": figure}, inputs)
-    # Left by an export killed midway: they are not output.
-    recover_folder(output)
-    remove_partials(output.parent, f"{output.name}.staging")
-    remove_partials(output)
+    # An export killed midway: finished if it had written everything, else undone.
+    recover_swaps(output.parent, staging_prefix(output))
     if output.exists() and not output.is_dir():
         raise UserError(f"{output}: exists and is not a folder; choose another --output")
     if output.is_dir():
@@ -383,15 +388,6 @@ def check_outputs(
                         "write to")
 
 
-def check_finite_weights(model: nn.Module, checkpoint: Path) -> None:
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise UserError(
-                f"{checkpoint}: weight {name} holds NaN or Inf values (the training "
-                "diverged); use an earlier checkpoint"
-            )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, required=True,
                         help="a .ckpt of clgnet-fastmri train")
@@ -399,31 +395,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of fastMRI files to reconstruct (test/challenge split)")
     parser.add_argument("--output", type=Path, required=True,
                         help="submission folder; the zip is written beside it as <output>.zip")
-    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
+    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil",
+                        help="which fastMRI files --data_path holds (multicoil: coil k-space)")
     parser.add_argument("--v2_names", action="store_true",
                         help="name files file1000_v2.h5 (the public knee leaderboard)")
-    parser.add_argument("--no_zip", action="store_true")
+    parser.add_argument("--no_zip", action="store_true",
+                        help="write the submission folder only, no <output>.zip")
     parser.add_argument("--figure", type=Path, default=None,
                         help="PNG of a few slices when ground truth is found "
                         "(default: <output>_figure.png)")
     parser.add_argument("--target_path", type=Path, default=None,
                         help="ground truth for the figure (default: the input itself, or "
                         "<data_path>_gt)")
-    parser.add_argument("--mask_type", default="random")
+    parser.add_argument("--mask_type", default="random",
+                        help="mask for undersampling fully-sampled input (with "
+                        "--accelerations)")
     parser.add_argument("--center_fractions", nargs="+", type=float, default=None,
                         help="undersample fully-sampled input (with --accelerations)")
-    parser.add_argument("--accelerations", nargs="+", type=int, default=None)
-    parser.add_argument("--batch_size", type=int, default=1)
-    parser.add_argument("--num_workers", type=int, default=0)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--accelerations", nargs="+", type=int, default=None,
+                        help="undersample fully-sampled input at these factors (with "
+                        "--center_fractions)")
+    parser.add_argument("--batch_size", type=int, default=1, help="slices per forward pass")
+    parser.add_argument("--num_workers", type=int, default=0,
+                        help="data-loading processes; 0 loads in the main one")
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda or cuda:N (default: cuda when there is a GPU, else "
+                        "cpu)")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="32",
                         help="bf16 (= bf16-mixed) or 16-mixed: autocast for the convolutions; "
                         "bf16-true or 16-true: the network converted (CLGNet's FFTs stay "
                         "float32)")
     parser.add_argument("--allow_challenge_mismatch", action="store_true",
                         help="run a checkpoint trained for the other challenge")
-    parser.add_argument("--overwrite", action="store_true")
-    parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a previous submission in --output (a folder of .h5 "
+                        "files only) once the new one is complete and checked")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -449,7 +456,7 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
-        device=args.device,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         autocast_dtype=PRECISIONS[args.precision][0],
         progress=not args.quiet,
         model_dtype=PRECISIONS[args.precision][1],

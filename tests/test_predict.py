@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -185,15 +186,22 @@ def test_interrupted_export_leaves_nothing_and_keeps_the_previous_one(
     assert folder_bytes(out) == before and out.with_suffix(".zip").read_bytes() == zip_before
     assert sorted(os.listdir(tmp_path)) == ["sub", "sub.zip"]
 
-    # What SIGKILL leaves (no chance to clean up): a staging folder, a temporary zip, or the
-    # old submission moved aside mid-swap. The next export repairs its own and nobody else's.
+    # What SIGKILL leaves (no chance to clean up): a staging folder of an export killed
+    # while writing (no swap journal yet: undone), and one killed in its swap (journal
+    # written, the old folder moved aside: finished). The next export repairs its own and
+    # nobody else's, before anything else.
     (tmp_path / ".sub.staging.k2j4.partial").mkdir()
     (tmp_path / ".sub.staging.k2j4.partial" / "a.h5").write_bytes(b"half")
-    (out / ".sub.zip.partial").write_bytes(b"half")
     (tmp_path / ".other.ckpt.a1.partial").write_bytes(b"someone else's")
-    os.rename(out, tmp_path / ".sub.previous")  # killed between the two renames of the swap
-    predict(checkpoint, knee_data / "singlecoil_test", out, overwrite=True, progress=False)
-    assert folder_bytes(out) == before == zip_members(out.with_suffix(".zip"))
+    swap = tmp_path / ".sub.staging.x7.partial"
+    (swap / ".replaced").mkdir(parents=True)
+    shutil.copytree(out, swap / "sub")
+    (swap / "sub" / next(iter(before))).write_bytes(b"the new submission")
+    (swap / ".swap.json").write_text('["sub"]')
+    os.rename(out, swap / ".replaced" / "sub")
+    with pytest.raises(UserError, match="not empty"):  # the finished swap's folder is there
+        predict(checkpoint, knee_data / "singlecoil_test", out, progress=False)
+    assert (out / next(iter(before))).read_bytes() == b"the new submission"
     assert sorted(p.name for p in tmp_path.glob(".*")) == [".other.ckpt.a1.partial"]
 
 

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import h5py
@@ -507,24 +508,109 @@ def test_evaluate_refuses_a_json_among_its_inputs_and_takes_dot(
     assert json.loads((tmp_path / "pred_metrics.json").read_text())["num_volumes"] == 2
 
 
-def test_staged_folder_swaps_only_on_success_and_recovers_a_kill(tmp_path):
-    final = tmp_path / "sub"
-    final.mkdir()
-    (final / "old.h5").write_text("old")
-    with pytest.raises(RuntimeError):
-        with files.staged_folder(final) as staging:
-            (staging / "new.h5").write_text("new")
-            raise RuntimeError("fails before the swap")
-    assert listing(tmp_path) == ["sub", "sub/old.h5"]
-    with files.staged_folder(final) as staging:
-        (staging / "new.h5").write_text("new")
-    assert listing(tmp_path) == ["sub", "sub/new.h5"]
-    os.rename(final, tmp_path / ".sub.previous")  # killed between the swap's two renames
-    files.recover_folder(final)
-    assert listing(tmp_path) == ["sub", "sub/new.h5"]
-    shutil.copytree(final, tmp_path / ".sub.previous")  # killed after them
-    files.recover_folder(final)
-    assert listing(tmp_path) == ["sub", "sub/new.h5"]
+class Killed(BaseException):
+    """The process died: nothing after this point runs, no handler can touch the disk."""
+
+
+def kill_at_rename(monkeypatch, n: int) -> list:
+    """Make the ``n``-th ``os.rename``/``os.replace`` the last thing the process does: it and
+    every later rename or removal raise ``Killed``. Returns a flag list, true once killed."""
+    killed, count = [], [0]
+    for name in ("rename", "replace", "unlink", "rmdir"):
+        real = getattr(os, name)
+
+        def fake(*args, _real=real, _renames=name in ("rename", "replace"), **kwargs):
+            if _renames and not killed:
+                count[0] += 1
+                if count[0] == n:
+                    killed.append(n)
+            if killed:
+                raise Killed
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(os, name, fake)
+    return killed
+
+
+def tree_bytes(folder: Path) -> dict:
+    """Every file's bytes; a zip's members (its own bytes hold the time it was written)."""
+    return {str(p.relative_to(folder)): read_zip(p) if p.suffix == ".zip" else p.read_bytes()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def read_zip(path: Path) -> dict:
+    with zipfile.ZipFile(path) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
+
+
+def test_a_kill_at_any_rename_of_a_make_data_swap_loses_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "data"
+    spec = dict(anatomy="knee", size=32, num_slices=1, splits={"train": 1, "val": 1},
+                overwrite=True, progress=False)
+    make_dataset(out, seed=0, **spec)
+    (out / "notes.txt").write_text("mine")  # not a split folder: never touched
+    old = tree_bytes(out)
+    make_dataset(tmp_path / "new", seed=1, **spec)
+    new = {**tree_bytes(tmp_path / "new"), "notes.txt": b"mine"}
+    for n in range(1, 100):
+        shutil.rmtree(out)
+        make_dataset(out, seed=0, **spec)
+        (out / "notes.txt").write_text("mine")
+        with monkeypatch.context() as patch:
+            killed = kill_at_rename(patch, n)
+            try:
+                make_dataset(out, seed=1, **spec)
+            except Killed:
+                pass
+        if not killed:
+            break
+        files.recover_swaps(out, ".make-data-")  # what the next make-data does first
+        assert tree_bytes(out) in (old, new), f"killed at rename {n}"
+        assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert n > 5 and tree_bytes(out) == new
+
+
+def test_a_kill_at_any_rename_of_a_predict_swap_loses_nothing(
+    knee_data, checkpoint, tmp_path, monkeypatch
+):
+    """The submission folder and its zip are swapped together: never one without the other."""
+    import clgnet_fastmri.predict as predict_module
+
+    other = tmp_path / "other.ckpt"
+    torch.manual_seed(1)
+    module = CLGNetModule(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None)
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                RECORD_KEY: run_record(KINDS["clgnet"], "singlecoil")}, other)
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    out = runs / "sub"
+    data = knee_data / "singlecoil_test"
+    predict(other, data, out, progress=False)
+    new = tree_bytes(runs)
+    shutil.rmtree(runs)
+    runs.mkdir()
+    predict(checkpoint, data, out, progress=False)
+    old = tree_bytes(runs)
+    assert old.keys() == new.keys() and old != new
+    for n in range(1, 100):
+        with monkeypatch.context() as patch:
+            killed = kill_at_rename(patch, n)
+            try:
+                predict(other, data, out, overwrite=True, progress=False)
+            except Killed:
+                pass
+        if not killed:
+            break
+        # What the next predict into the same output does first.
+        predict_module.check_outputs(out, out.with_name("sub.zip"), None, True, {})
+        state = tree_bytes(runs)
+        assert state in (old, new), f"killed at rename {n}"
+        assert [p.name for p in runs.iterdir() if p.name.startswith(".")] == []
+        if state == new:  # back to the old one for the next kill
+            shutil.rmtree(runs)
+            runs.mkdir()
+            predict(checkpoint, data, out, progress=False)
+    assert n > 5 and tree_bytes(runs) == new
 
 
 # --- Data folders: bad entries and impossible sizes ------------------------------------------
@@ -732,3 +818,170 @@ def test_complex_or_non_finite_predictions_are_refused(scoring, capsys):
     # Never skipped: leaving out a method's failures would flatter it.
     assert cli.main([*args, "--skip-nonfinite"]) == 2
     one_line_error(capsys, str(path), "NaN or Inf")
+
+
+# --- Diverged training, impossible settings, entries named like volumes ----------------------
+
+
+def nan_training_loss_after(step: int):
+    real = CLGNetModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        loss = real(self, batch, batch_idx)
+        return loss * float("nan") if self.global_step >= step else loss
+
+    return "training_step", training_step, "the training loss is nan"
+
+
+def nan_validation_after(step: int):
+    real = CLGNetModule.forward
+
+    def forward(self, image):
+        output = real(self, image)
+        return output * float("nan") if not self.training and self.global_step >= step \
+            else output
+
+    return "forward", forward, "the validation metric val"
+
+
+@pytest.mark.parametrize("diverge", [nan_training_loss_after, nan_validation_after],
+                         ids=["loss", "validation"])
+def test_a_diverged_run_stops_and_keeps_the_last_finite_checkpoint(
+    knee_data, tmp_path, capsys, monkeypatch, diverge
+):
+    """3 steps an epoch, a checkpoint every step: NaN from step 4 on (the training loss), or
+    in the validation after it (epoch 2's, at step 6)."""
+    name, method, quantity = diverge(4)
+    monkeypatch.setattr(CLGNetModule, name, method)
+    run = tmp_path / "run"
+    code = cli.main(["train", *TINY, "--alpha", "0", "--num_workers", "0", "--data_path",
+                     str(knee_data), "--default_root_dir", str(run), "--max_epochs", "3",
+                     "--checkpoint_every_n_steps", "1"])
+    assert code == 2
+    last = run / "checkpoints" / "last.ckpt"
+    err = one_line_error(capsys, quantity, "diverged", f"the last checkpoint, {last}",
+                         "--lr")
+    assert re.search(r"error: step [56]: ", err), err
+    kept = torch.load(last, weights_only=True)
+    assert kept["global_step"] == 4 if name == "training_step" else 6
+    for checkpoint_file in last.parent.glob("*.ckpt"):
+        state = torch.load(checkpoint_file, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--precision", "16-true"], "--precision 16-true: CLGNet cannot be trained"),
+    (["--model", "unet", "--precision", "16-true"], "--precision 16-true: Unet cannot be"),
+    (["--model", "varnet", "--precision", "16-true"], "--precision 16-true: fastmri's VarNet"),
+    (["--precision", "transformer-engine"], "transformer_engine package"),
+    (["--crop_size", "2", "2"], "--crop_size 2 2: the contrastive loss's VGG19 needs crops"),
+    (["--alpha", "0", "--vgg_weights", "nowhere.pth"], "nowhere.pth: VGG19 weights file not"),
+])
+def test_settings_that_cannot_train_are_refused_before_any_work(refused_train, argv, named):
+    assert named in refused_train(argv)
+
+
+def test_vgg_weights_holding_nan_are_refused_when_loaded(tmp_path):
+    from clgnet_fastmri.losses import VGG19Features
+    from clgnet_fastmri.losses.vgg import _meta_features
+
+    state = {key: torch.zeros(value.shape)
+             for key, value in _meta_features()[:30].state_dict().items()}
+    state["5.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(state, tmp_path / "vgg.pth")
+    with pytest.raises(UserError, match=r"vgg.pth: VGG19 weight 5.weight holds NaN or Inf"):
+        VGG19Features(tmp_path / "vgg.pth")
+
+
+@pytest.mark.parametrize("model, data, argv, flag", [
+    ("unet", "knee_data", ["--chans", "2", "--num_pool_layers", "5"], "--num_pool_layers 5"),
+    ("varnet", "multicoil_data", ["--num_cascades", "1", "--chans", "2", "--sens_chans", "2",
+                                  "--sens_pools", "5"], "--sens_pools 5"),
+])
+def test_more_poolings_than_the_image_allows_is_one_line(
+    request, tmp_path, capsys, model, data, argv, flag
+):
+    code = cli.main(["train", "--model", model, *argv, "--data_path",
+                     str(request.getfixturevalue(data)), "--num_workers", "0", "--logger", "csv",
+                     "--no_progress_bar", "--max_epochs", "1",
+                     "--default_root_dir", str(tmp_path / "run")])
+    assert code == 2
+    one_line_error(capsys, "32x32 images are too small for " + flag, f"{flag.split()[0]} 4 or")
+
+
+@pytest.mark.parametrize("folder", ["singlecoil_test", "singlecoil_test_gt"])
+def test_a_folder_named_like_a_volume_stops_predict_before_writing(
+    knee_data, checkpoint, tmp_path, capsys, folder
+):
+    root = copy_dataset(knee_data, tmp_path)
+    (root / folder / "x.h5").mkdir()
+    out = tmp_path / "sub"
+    assert cli.main(["predict", "--checkpoint", str(checkpoint), "--data_path",
+                     str(root / "singlecoil_test"), "--output", str(out), "--quiet"]) == 2
+    one_line_error(capsys, str(root / folder / "x.h5"), "a folder, not an HDF5 file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+
+
+def test_a_folder_named_like_a_volume_stops_train_test_before_writing(
+    knee_data, checkpoint, tmp_path, capsys, caplog
+):
+    root = copy_dataset(knee_data, tmp_path)
+    (root / "singlecoil_test_gt" / "x.h5").mkdir()
+    run = tmp_path / "run"
+    args = ["train", "--mode", "test", "--checkpoint", str(checkpoint), "--data_path",
+            str(root), "--default_root_dir", str(run), "--num_workers", "0", "--logger", "csv",
+            "--no_progress_bar"]
+    assert cli.main(args) == 2
+    one_line_error(capsys, str(root / "singlecoil_test_gt" / "x.h5"), "a folder, not an HDF5")
+    assert not (run / "reconstructions").exists()
+    # In a data folder it is a bad file like any other: skipped by name with --skip_bad_files.
+    (root / "singlecoil_test_gt" / "x.h5").rmdir()
+    (root / "singlecoil_train" / "y.h5").mkdir()
+    with caplog.at_level(logging.WARNING):
+        dataset = CheckedSliceDataset(root / "singlecoil_train", "singlecoil",
+                                      skip_bad_files=True)
+    assert list(dataset.skipped_files) == [root / "singlecoil_train" / "y.h5"]
+
+
+def test_bench_speed_refuses_a_json_folder_before_benchmarking(tmp_path, capsys, monkeypatch):
+    from clgnet_fastmri.bench import speed
+
+    monkeypatch.setattr(speed, "measure_side_by_side", _crash)  # the benchmark must not run
+    for target, says in ((tmp_path, "is a folder; --json names the file"),
+                         (tmp_path / "no" / "r.json", "does not exist")):
+        assert cli.main(["bench", "speed", "--sizes", "32", "--json", str(target)]) == 2
+        one_line_error(capsys, str(target), says)
+
+
+def test_weights_that_went_non_finite_are_never_checkpointed(tmp_path):
+    """A finite loss with NaN weights (NaN gradients of a finite loss) is caught at the save."""
+    from types import SimpleNamespace
+
+    from clgnet_fastmri.divergence import Diverged, DivergenceGuard
+
+    best, last = tmp_path / "best.ckpt", tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}}, best)
+    # Newer, and NaN (written before this guard existed, then resumed): not offered.
+    torch.save({"state_dict": {"w": torch.full((2,), np.nan)}}, last)
+    trainer = SimpleNamespace(
+        global_step=7, strategy=SimpleNamespace(reduce_boolean_decision=lambda ok, all: ok),
+        checkpoint_callbacks=[SimpleNamespace(last_model_path=str(last),
+                                              best_model_path=str(best))])
+    guard = DivergenceGuard()
+    guard.on_save_checkpoint(trainer, None, {"state_dict": {"w": torch.ones(2)}})
+    with pytest.raises(Diverged, match=rf"step 7: weight w \(not saved\) is NaN.*{best},"):
+        guard.on_save_checkpoint(trainer, None, {"state_dict": {"w": torch.tensor([1, np.nan])}})
+
+
+def test_a_checkpoint_with_nan_weights_is_refused_for_resume_and_test(
+    knee_data, checkpoint, tmp_path, capsys
+):
+    state = torch.load(checkpoint, weights_only=True)
+    state["state_dict"]["clgnet.net_out.weight"].fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.ckpt")
+    for option in (["--resume", str(tmp_path / "nan.ckpt")],
+                   ["--mode", "test", "--checkpoint", str(tmp_path / "nan.ckpt")]):
+        assert cli.main(["train", *TINY, "--alpha", "0", "--num_workers", "0", "--data_path",
+                         str(knee_data), "--default_root_dir", str(tmp_path / "run"),
+                         *option]) == 2
+        one_line_error(capsys, "nan.ckpt: weight clgnet.net_out.weight holds NaN or Inf")

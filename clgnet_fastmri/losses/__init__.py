@@ -16,6 +16,7 @@ from .vgg import (
     imagenet_weights_available,
     imagenet_weights_path,
     resolve_vgg19_weights,
+    weights_file,
 )
 
 __all__ = [
@@ -32,4 +33,5 @@ __all__ = [
     "imagenet_weights_available",
     "imagenet_weights_path",
     "resolve_vgg19_weights",
+    "weights_file",
 ]

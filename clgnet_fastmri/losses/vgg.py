@@ -156,6 +156,15 @@ def resolve_vgg19_weights(weights: WeightsArg = "imagenet", *,
     if not isinstance(weights, (str, os.PathLike)):
         raise TypeError(f"weights must be one of {VGG_WEIGHTS_CHOICES}, a path or None, "
                         f"not {weights!r}")
+    path = weights_file(weights)
+    return VGG19Weights("file", path, _sha256(path))
+
+
+def weights_file(weights: Union[str, "os.PathLike[str]"]) -> Path:
+    """The local file a weights argument names, which must exist (UserError if not).
+
+    Also for settings that do not use the weights (``--alpha 0``): a typo is never ignored.
+    """
     path = Path(weights).expanduser()
     if not path.is_file():
         raise UserError(
@@ -163,7 +172,7 @@ def resolve_vgg19_weights(weights: WeightsArg = "imagenet", *,
             f"(torchvision's {IMAGENET_FILE_NAME} in the torch hub cache, "
             f"{imagenet_weights_path()}) or 'random'"
         )
-    return VGG19Weights("file", path, _sha256(path))
+    return path
 
 
 @contextlib.contextmanager
@@ -244,9 +253,15 @@ def _read_state(resolved: VGG19Weights) -> Dict[str, Tensor]:
             f"{resolved.path}: cannot be read as a VGG19 state dict ({_one_line(exc)}); {fix}"
         ) from None
     try:
-        return _features_state(state)
+        features = _features_state(state)
     except ValueError as exc:
         raise UserError(f"{resolved.path}: not a VGG19 state dict ({exc}); {fix}") from None
+    for name, tensor in features.items():
+        # NaN features make the loss NaN at the first step, and the network with it.
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(f"{resolved.path}: VGG19 weight {name} holds NaN or Inf values; "
+                            f"{fix}")
+    return features
 
 
 def _features_state(state: Any) -> Dict[str, Tensor]:

@@ -24,9 +24,13 @@ from typing import Any, Dict, List
 
 import numpy as np
 import torch
+from fastmri.data.transforms import VarNetSample
+from fastmri.models import Unet, VarNet
 from fastmri.pl_modules import MriModule, UnetModule, VarNetModule
 from pytorch_lightning.loggers import TensorBoardLogger
+from torch import nn
 
+from ..errors import UserError
 from ..files import save_reconstructions
 from ..settings import MAX_CHANS, Rule, add_signature_arguments
 
@@ -57,6 +61,13 @@ class Lightning2Bridge:
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         # float32 out of a bfloat16/float16 model: fastmri's steps call .numpy() on outputs.
         return super().forward(*args, **kwargs).float()
+
+    def check_batch(self, batch: Any, *args: Any) -> None:
+        """One line for a batch the network cannot take, before it fails deep inside."""
+        for network in self.children():
+            check_pooling(network, batch)
+
+    on_train_batch_start = on_validation_batch_start = on_test_batch_start = check_batch
 
     def on_validation_epoch_start(self) -> None:
         self._val_logs: List[Dict[str, Any]] = []
@@ -116,6 +127,38 @@ class Lightning2Bridge:
                 logger.experiment.add_image(name, image, global_step=self.global_step)
             elif callable(getattr(logger, "log_image", None)):
                 logger.log_image(key=name, images=[image], step=self.global_step)
+
+
+def max_pools(height: int, width: int) -> int:
+    """How many times a fastmri U-Net can pool a height x width image: each level halves it
+    (rounding down), and the InstanceNorm at the bottom needs more than one pixel."""
+    pools = 0
+    while (height >> (pools + 1)) * (width >> (pools + 1)) >= 2:
+        pools += 1
+    return pools
+
+
+def check_pooling(network: nn.Module, batch: Any) -> None:
+    """Refuse a batch too small for the pooling levels of a fastmri ``Unet`` or ``VarNet``
+    (whose U-Nets see the k-space grid padded to a multiple of 16) with one line, instead of
+    a pooling error deep inside the network. Other networks pass."""
+    if isinstance(network, Unet):
+        height, width = batch.image.shape[-2:]
+        levels = {"--num_pool_layers": network.num_pool_layers}
+    elif isinstance(network, VarNet) and isinstance(batch, VarNetSample):
+        height, width = (-(-size // 16) * 16 for size in batch.masked_kspace.shape[-3:-1])
+        levels = {"--pools": network.cascades[0].model.unet.num_pool_layers,
+                  "--sens_pools": network.sens_net.norm_unet.unet.num_pool_layers}
+    else:
+        return
+    allowed = max_pools(height, width)
+    for flag, pools in levels.items():
+        if pools > allowed:
+            raise UserError(
+                f"{batch.fname[0]}: its {height}x{width} images are too small for {flag} "
+                f"{pools} (each pooling level halves them); use {flag} {allowed} or fewer "
+                "for images this size"
+            )
 
 
 _LR = dict(low=0, low_open=True, high=10)

@@ -83,9 +83,11 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         "use_negatives": Rule("'w/o negative' ablation", flag="--no_negatives"),
         "cl_reduction": Rule("how the contrastive ratio is averaged", choices=REDUCTIONS),
         "vgg_weights": Rule(
-            "'imagenet' (torchvision's weights; error if absent), 'random', a path to a VGG19 "
-            "state dict, or 'auto': ImageNet weights when in the torch-hub cache, otherwise "
-            "random with a warning", none="random", cli_default="auto"),
+            "VGG19 of the contrastive loss: 'auto' takes torchvision's ImageNet weights from "
+            "the torch-hub cache, else downloads them, else uses random weights with a "
+            "warning; 'imagenet' the same but stops instead of random; 'random'; or a VGG19 "
+            "state dict file", none="random", cli_default="auto",
+            what="one of auto, imagenet, random, or a file path"),
         "lr": Rule("Adam's peak learning rate, decayed by --lr_schedule (the paper's 1e-4 "
                    "learns far slower at equal time; see README)", low=0, low_open=True,
                    high=10),
