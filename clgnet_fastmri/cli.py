@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from typing import Dict, NoReturn, Optional, Sequence
 
@@ -47,6 +48,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Each option's help, then its default once: not where the help states it already, and
+    not for required options, switches or options that default to nothing."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.required or action.nargs == 0 or action.default in (None, argparse.SUPPRESS)
+                or re.search(r"\bdefault\b", text, re.I)):
+            return text
+        return f"{text} (default: {_shown(action.default)})"
+
+
+def _shown(default: object) -> str:
+    """A default as it is typed: ``4 8``, not ``[4, 8]``; ``%`` escaped for argparse."""
+    if isinstance(default, (list, tuple)):
+        default = " ".join(str(item) for item in default)
+    return str(default).replace("%", "%%")
+
+
 def _flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
     """``dest -> option string`` of a parser and its subcommands' parsers."""
     flags: Dict[str, str] = {}
@@ -77,6 +97,16 @@ def _version() -> str:
     return f"clgnet-fastmri {__version__}"
 
 
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of subcommand ``name``: its module's options, each with its allowed values."""
+    module_name, help_text = COMMANDS[name]
+    parser = _Parser(prog=f"clgnet-fastmri {name}", description=help_text,
+                     formatter_class=HelpFormatter)
+    importlib.import_module(module_name).add_arguments(parser)
+    importlib.import_module("clgnet_fastmri.settings").describe_allowed(parser)
+    return parser
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -86,15 +116,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _top_parser().parse_args(argv)  # --help, --version, or an error naming the command
         return 2
     name, rest = argv[0], argv[1:]
-    module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
+    parser = command_parser(name)
+    module = importlib.import_module(COMMANDS[name][0])
     settings = importlib.import_module("clgnet_fastmri.settings")
-    parser = _Parser(
-        prog=f"clgnet-fastmri {name}",
-        description=help_text,
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:
         # Every command's values are checked here, before any of them is used.

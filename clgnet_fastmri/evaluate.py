@@ -28,6 +28,7 @@ from fastmri.evaluate import METRIC_FUNCS
 from runstats import Statistics
 
 from .data.checks import (
+    ACQUISITIONS,
     TARGET_KEYS,
     check_challenge,
     list_volumes,
@@ -39,8 +40,6 @@ from .errors import DataError, UserError
 from .files import refuse_overlap
 from .files import write_json as write_json_file
 from .metrics import banding_score
-
-ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK", "AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR")
 
 MetricFunc = Callable[[np.ndarray, np.ndarray], float]
 
@@ -260,6 +259,25 @@ def format_table(result: EvaluationResult) -> str:
     return "\n".join(lines)
 
 
+#: The metrics a summary shows, in the order the README explains them: which way is better,
+#: and the digits that tell two runs apart.
+SUMMARY_METRICS = {"NMSE": ("lower", ".4f"), "PSNR": ("dB, higher", ".2f"),
+                   "SSIM": ("higher", ".4f"), "BANDING": ("dB, 0 best", ".2f")}
+
+
+def format_comparison(rows: Mapping[str, Mapping[str, float]]) -> str:
+    """One row of mean ``SUMMARY_METRICS`` per named result (a model, its zero-filled input),
+    under a header that says which way each metric is better."""
+    width = max(len(name) for name in rows)
+    header = [" " * width] + [f"{m:>12}" for m in SUMMARY_METRICS]
+    better = [" " * width] + [f"{'(' + b + ')':>12}" for b, _ in SUMMARY_METRICS.values()]
+    lines = ["  ".join(header), "  ".join(better)]
+    for name, means in rows.items():
+        lines.append("  ".join([f"{name:<{width}}"] + [
+            f"{means[m]:>12{digits}}" for m, (_, digits) in SUMMARY_METRICS.items()]))
+    return "\n".join(lines)
+
+
 def write_json(result: EvaluationResult, path: os.PathLike, **context) -> None:
     """The results as strict JSON (every value finite: ``evaluate_folder`` makes sure)."""
     write_json_file(path, {**context, **result.to_json()})
@@ -270,9 +288,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--predictions-path", type=Path, required=True, help="folder of reconstructions"
     )
-    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), required=True)
-    parser.add_argument("--acceleration", type=int, default=None)
-    parser.add_argument("--acquisition", choices=ACQUISITIONS, default=None)
+    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), required=True,
+                        help="which target to score against: reconstruction_esc (singlecoil) "
+                        "or reconstruction_rss (multicoil)")
+    parser.add_argument("--acceleration", type=int, default=None,
+                        help="score only the volumes masked at this acceleration (default: "
+                        "all)")
+    parser.add_argument("--acquisition", choices=ACQUISITIONS, default=None,
+                        help="score only the volumes of this acquisition (default: all)")
     parser.add_argument(
         "--output", type=Path, default=None,
         help="JSON file for the results (default: <predictions-path>_metrics.json beside the "

@@ -140,6 +140,7 @@ class Rule:
             return value
 
         parse.__name__ = kind.__name__  # argparse names the type in its messages
+        parse.rule = self  # type: ignore[attr-defined]  # for the help: describe_allowed
         return parse
 
 
@@ -246,8 +247,7 @@ def add_model_arguments(
         if len(kinds) > 1:
             raise TypeError(f"--{name}: the models disagree on its type ({kinds})")
         kind = kinds.pop()
-        text = "; ".join(f"{model}: {rule.help}" + ("" if kind is bool else
-                                                        f" [{_model_default(rule, value)!r}]")
+        text = "; ".join(f"{model}: {rule.help}" + _default_and_range(rule, value, kind)
                          for model, _, rule, value in owned)
         if kind is bool:
             (model, _, rule, value), = owned  # a switch belongs to one model
@@ -260,6 +260,13 @@ def add_model_arguments(
         rule = owned[0][2] if len(owned) == 1 else Rule()
         group.add_argument(f"--{name}", type=rule.parser(kind, f"--{name}"), default=UNSET,
                            metavar=name.upper(), help=text)
+
+
+def _default_and_range(rule: Rule, default: Any, kind: type) -> str:
+    """`` (default 32, an integer in [1, 1024])``; nothing for a switch."""
+    if kind is bool:
+        return ""
+    return f" (default {_model_default(rule, default)!r}, {rule.describe(kind)})"
 
 
 def _model_default(rule: Rule, default: Any) -> Any:
@@ -344,6 +351,23 @@ SHARED: Dict[str, tuple] = {
     "accelerator": (str, Rule(choices=ACCELERATORS)),
     "gpus": (int, Rule(low=0, special=(-1,))),
 }
+
+
+def describe_allowed(parser: argparse.ArgumentParser) -> None:
+    """Add to the help of each option ``SHARED`` checks (subcommands' included) the values it
+    allows, as ``validate``'s errors state them, and to an option whose metavar hides its
+    choices the choices (argparse shows the others' in braces)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                describe_allowed(sub)
+        elif action.choices is not None and action.metavar is not None:
+            action.help = f"{action.help} (one of {', '.join(map(str, action.choices))})"
+        elif action.dest in SHARED and action.choices is None and action.nargs != 0:
+            kind, rule = SHARED[action.dest]
+            rule = getattr(action.type, "rule", rule)  # an option's own, stricter rule
+            each = "each " if action.nargs not in (None, "?") else ""
+            action.help = f"{action.help} ({each}{rule.describe(kind)})"
 
 
 def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:

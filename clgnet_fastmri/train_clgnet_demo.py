@@ -17,15 +17,18 @@ checkpoint, and prints the official fastMRI metrics of the saved reconstructions
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import json
 import logging
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pytorch_lightning as pl
+import torch
 from fastmri.data.subsample import create_mask_for_mask_type
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
@@ -35,6 +38,7 @@ from . import cli
 from .checkpoints import (
     AtomicCheckpointIO,
     RecordRun,
+    check_finite_weights,
     check_fits,
     describe,
     load_module,
@@ -45,19 +49,19 @@ from .data.checks import TARGET_KEYS, target_folder
 from .data.mri_data import CheckedSliceDataset
 from .data.synthetic import GENERATOR_VERSION, make_dataset
 from .data.transforms import CLGNetDataTransform
+from .divergence import DivergenceGuard
 from .errors import UserError
-from .evaluate import format_table, score_folder, write_json
+from .evaluate import format_comparison, score_folder, write_json
 from .extensions import enabled_extension, extensions
 from .figures import collect_slices, save_figure
 from .files import atomic_output, ensure_writable_dir, remove_partials
-from .losses import VGG19Weights, resolve_vgg19_weights
+from .losses import VGG_WEIGHTS_CHOICES, VGG19Weights, resolve_vgg19_weights, weights_file
 from .pl_modules.data_module import CLGNetDataModule
 from .pl_modules.kinds import KINDS, ModelKind, model_settings
 from .predict import reconstruct, write_volume
 from .settings import (
     ACCELERATORS,
     MASK_TYPES,
-    MAX_ACCELERATION,
     PRECISIONS,
     UNSET,
     SettingError,
@@ -100,28 +104,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="default singlecoil (multicoil for --model varnet)")
     data.add_argument("--test_path", type=Path, default=None,
                       help="test folder, overriding <data_path>/<challenge>_<test_split>")
-    data.add_argument("--test_split", choices=("val", "test", "challenge"), default="test")
+    data.add_argument("--test_split", choices=("val", "test", "challenge"), default="test",
+                      help="which <challenge>_<split> folder --mode test reconstructs")
     data.add_argument("--mask_type", choices=MASK_TYPES, default=None,
                       help="default random (equispaced_fraction for --model varnet, as "
                       "fastmri's demo)")
     data.add_argument("--center_fractions", nargs="+", type=float, default=[0.08],
-                      help="fraction of low-frequency lines always kept, in (0, 1); one per "
+                      help="fraction of low-frequency k-space lines always kept, one per "
                       "acceleration")
     data.add_argument("--accelerations", nargs="+", type=int, default=[4],
-                      help=f"undersampling factors, 2 to {MAX_ACCELERATION}")
+                      help="undersampling factors; each volume is masked at one of them")
     data.add_argument("--crop_size", nargs=2, type=int, default=None, metavar=("H", "W"),
                       help="random training crops (validation and test use whole images)")
-    data.add_argument("--sample_rate", type=float, default=None)
-    data.add_argument("--val_sample_rate", type=float, default=None)
-    data.add_argument("--volume_sample_rate", type=float, default=None)
-    data.add_argument("--val_volume_sample_rate", type=float, default=None)
+    for split, name in (("", "training"), ("val_", "validation")):
+        data.add_argument(f"--{split}sample_rate", type=float, default=None,
+                          help=f"fraction of the {name} slices to use (default: all)")
+        data.add_argument(f"--{split}volume_sample_rate", type=float, default=None,
+                          help=f"fraction of the {name} volumes to use, whole (default: all; "
+                          f"not with --{split}sample_rate)")
     data.add_argument("--combine_train_val", action="store_true",
                       help="train on train+val (for a final leaderboard model)")
     data.add_argument("--batch_size", type=int, default=None,
                       help="per device; default 10 for clgnet, 1 for unet and varnet (fastmri's "
                       f"demos); {DEMO_DEFAULTS['batch_size']} on the built-in demo set "
                       "(varnet 1)")
-    data.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1))
+    data.add_argument("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+                      help="data-loading processes beside the training one; 0 loads in it")
     data.add_argument("--skip_bad_files", action="store_true",
                       help="skip (and log) unreadable or non-finite files instead of stopping")
 
@@ -132,7 +140,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
     trainer = parser.add_argument_group("trainer")
-    trainer.add_argument("--accelerator", choices=ACCELERATORS, default="auto")
+    trainer.add_argument("--accelerator", choices=ACCELERATORS, default="auto",
+                         help="the device kind to train on; auto takes a GPU when there is one")
     trainer.add_argument("--devices", type=_devices, default="auto",
                          help="a count, a comma-separated list of indices, or auto")
     trainer.add_argument("--gpus", type=int, default=None,
@@ -141,27 +150,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     trainer.add_argument("--strategy", default="auto",
                          help="e.g. ddp for several GPUs (volumes are dispatched whole for "
                          "validation)")
-    trainer.add_argument("--num_nodes", type=int, default=1)
+    trainer.add_argument("--num_nodes", type=int, default=1,
+                         help="machines to train on, each with --devices devices (SLURM: "
+                         "see README)")
     trainer.add_argument("--precision", choices=PRECISIONS, default="32-true",
                          metavar="PRECISION",
                          help="Lightning's precision, e.g. bf16-mixed on recent GPUs; "
                          "bf16-true/16-true convert the model (CLGNet's FFTs stay float32)")
     trainer.add_argument("--max_epochs", type=int, default=None,
-                         help=f"default {DATA_DEFAULTS['max_epochs']} "
-                         f"(demo {DEMO_DEFAULTS['max_epochs']})")
-    trainer.add_argument("--max_steps", type=int, default=-1, help="-1: no limit")
-    trainer.add_argument("--limit_train_batches", type=float, default=None)
-    trainer.add_argument("--limit_val_batches", type=float, default=None)
-    trainer.add_argument("--check_val_every_n_epoch", type=int, default=1)
+                         help="epochs to train (default: "
+                         f"{DATA_DEFAULTS['max_epochs']} on --data_path, "
+                         f"{DEMO_DEFAULTS['max_epochs']} on the built-in demo set; -1: no "
+                         "limit)")
+    trainer.add_argument("--max_steps", type=int, default=-1,
+                         help="stop after this many optimiser steps; -1: no limit")
+    trainer.add_argument("--limit_train_batches", type=float, default=None,
+                         help="training batches per epoch: a fraction (<= 1) or a count "
+                         "(default: all)")
+    trainer.add_argument("--limit_val_batches", type=float, default=None,
+                         help="validation batches per check: a fraction (<= 1) or a count; "
+                         "0 skips validation (default: all)")
+    trainer.add_argument("--check_val_every_n_epoch", type=int, default=1,
+                         help="validate (and pick the best checkpoint) every N epochs")
     trainer.add_argument("--checkpoint_every_n_steps", type=int, default=None,
                          help="also checkpoint every N optimiser steps (last.ckpt)")
-    trainer.add_argument("--seed", type=int, default=42)
-    trainer.add_argument("--deterministic", action="store_true")
-    trainer.add_argument("--default_root_dir", type=Path, default=Path("clgnet_runs/demo"))
+    trainer.add_argument("--threads", type=int, default=None,
+                         help="torch CPU threads when training on the CPU (default: "
+                         "OMP_NUM_THREADS if set, else the CPUs free of other work by the "
+                         "1-minute load average)")
+    trainer.add_argument("--seed", type=int, default=42,
+                         help="seed of the weights, masks and data order")
+    trainer.add_argument("--deterministic", action="store_true",
+                         help="use only deterministic torch kernels (slower; bit-identical "
+                         "reruns)")
+    trainer.add_argument("--default_root_dir", type=Path, default=Path("clgnet_runs/demo"),
+                         help="run folder (checkpoints, logs, reconstructions); training "
+                         "into one that holds a run starts <folder>-2, -3, ... unless "
+                         "--resume")
     trainer.add_argument("--logger", choices=("tensorboard", "csv"), default=None,
                          help="default: tensorboard if installed, else csv")
-    trainer.add_argument("--log_every_n_steps", type=int, default=10)
-    trainer.add_argument("--no_progress_bar", action="store_true")
+    trainer.add_argument("--log_every_n_steps", type=int, default=10,
+                         help="log the training loss every N optimiser steps")
+    trainer.add_argument("--no_progress_bar", action="store_true",
+                         help="no progress bar (for log files)")
     trainer.add_argument(
         "--resume", nargs="?", const="last", default=None, metavar="CKPT",
         help="resume training from CKPT (default: <default_root_dir>/checkpoints/last.ckpt)",
@@ -188,13 +219,19 @@ def default_args() -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    # The loss's VGG19 is frozen in eval mode on purpose; Lightning warns about it at every fit.
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    with quiet_lightning():
+        return train_or_test(args)
+
+
+def train_or_test(args: argparse.Namespace) -> int:
     demo = args.data_path is None
     kind = resolve_model(args, demo)
     if demo:
         args.data_path = demo_dataset(args.challenge)
     pl.seed_everything(args.seed, workers=True)
+    choose_threads(args)
+    if args.mode == "train":
+        args.default_root_dir = run_folder(args.default_root_dir, args.resume)
 
     data_module = build_data_module(args)
     vgg = resolve_vgg(args) if args.mode == "train" else None
@@ -221,6 +258,89 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def quiet_lightning() -> Iterator[None]:
+    """Lightning's notes that say nothing about this run, hidden while it runs: the
+    advertising tips, torch's ``LeafSpec`` deprecation that Lightning's own code triggers, the
+    eval-mode warning about the contrastive loss's VGG19 (frozen in eval mode on purpose), and
+    the warning about a checkpoint folder in use (``run_folder`` gives a new run a new one; a
+    run that writes into a used one resumes it). Filters are restored afterwards, for the
+    caller's own code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* is not empty")
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`",
+                                category=FutureWarning)
+        loggers = [logging.getLogger(name) for name in LIGHTNING_INFO_LOGGERS]
+        for logger in loggers:
+            logger.addFilter(_no_tips)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(_no_tips)
+
+
+#: The loggers of Lightning's ``rank_zero_info`` (whichever package was imported last).
+LIGHTNING_INFO_LOGGERS = ("pytorch_lightning.utilities.rank_zero",
+                          "lightning_fabric.utilities.rank_zero")
+
+
+def _no_tips(record: logging.LogRecord) -> bool:
+    return "Tip: " not in record.getMessage()
+
+
+def choose_threads(args: argparse.Namespace) -> None:
+    """Set torch's CPU threads for a run on the CPU: ``--threads``, else ``OMP_NUM_THREADS``
+    as the user set it, else the CPUs this process may use less those other work keeps busy
+    (the 1-minute load average). On a shared machine more threads than free cores stall at
+    every OpenMP barrier (BENCHMARKS.md: 2 threads on 2 busy cores made a 5-minute demo take
+    58)."""
+    if args.threads is None and ("OMP_NUM_THREADS" in os.environ or not runs_on_cpu(args)):
+        return
+    total = os.cpu_count() or 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else total
+    # The load average counts the whole machine; a process pinned to some of its CPUs (a
+    # container, a SLURM job) sees its share of it.
+    load = (os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0) * cpus / total
+    threads = args.threads or free_cpus(cpus, load)
+    torch.set_num_threads(threads)
+    why = "--threads" if args.threads else (
+        f"{cpus} CPUs, 1-minute load average {load:.1f}; --threads N or OMP_NUM_THREADS=N "
+        "to choose")
+    print(f"using {threads} CPU thread{'s' if threads > 1 else ''} ({why})")
+
+
+def free_cpus(cpus: int, load: float) -> int:
+    """The CPUs left when ``load`` of ``cpus`` are busy, at least 1."""
+    return max(1, min(cpus, round(cpus - load)))
+
+
+def runs_on_cpu(args: argparse.Namespace) -> bool:
+    return args.accelerator == "cpu" or (args.accelerator == "auto" and
+                                         not torch.cuda.is_available())
+
+
+def run_folder(root: Path, resume: Optional[str]) -> Path:
+    """Where a training run writes: ``root``, or when ``root`` holds an earlier run's
+    checkpoints and this one does not ``--resume`` it, the first free ``root-2``,
+    ``root-3``, ... (so that a new run never mixes its checkpoints with an old one's)."""
+    if resume is not None:
+        print(f"resuming the run in {root}")
+        return root
+    folder, number = root, 1
+    while holds_run(folder):
+        number += 1
+        folder = root.with_name(f"{root.name}-{number}")
+    if folder != root:
+        print(f"{root} holds an earlier run (--resume continues it); this run goes to {folder}")
+    return folder
+
+
+def holds_run(folder: Path) -> bool:
+    return any((folder / "checkpoints").glob("*.ckpt"))
+
+
 def resolve_model(args: argparse.Namespace, demo: bool) -> ModelKind:
     """The ``--model``'s kind; its options and the data options left unset filled in with
     its defaults (fastmri's demo values for the baselines), all checked."""
@@ -238,13 +358,46 @@ def resolve_model(args: argparse.Namespace, demo: bool) -> ModelKind:
     if kind.name != "clgnet" and enabled_extension(args) is not None:
         raise SettingError(f"--{enabled_extension(args).name} trains CLGNet, not "
                            f"--model {kind.name}; drop one of them")
+    check_precision(args, kind)
+    if kind.name != "clgnet" and args.crop_size:
+        raise SettingError(f"--crop_size: crops are for --model clgnet, not {kind.name}; drop it")
+    if kind.name == "clgnet":
+        check_contrastive_settings(args)
+    return kind
+
+
+def check_precision(args: argparse.Namespace, kind: ModelKind) -> None:
+    """Refuse the precisions Lightning accepts that cannot run or train ``kind``."""
+    if args.precision.startswith("transformer-engine") and \
+            importlib.util.find_spec("transformer_engine") is None:
+        raise SettingError(f"--precision {args.precision}: needs NVIDIA's Transformer Engine "
+                           "(the transformer_engine package), which is not installed; use "
+                           "--precision bf16-mixed")
     if kind.name == "varnet" and args.precision in TRUE_PRECISIONS:
         raise SettingError(f"--precision {args.precision}: fastmri's VarNet runs its FFTs in "
                            "the weights' dtype, which cannot be bfloat16/float16; use "
                            "--precision bf16-mixed")
-    if kind.name != "clgnet" and args.crop_size:
-        raise SettingError(f"--crop_size: crops are for --model clgnet, not {kind.name}; drop it")
-    return kind
+    if args.mode == "train" and args.precision == "16-true":
+        # Lightning's 16-true has no float32 master weights and no loss scaling.
+        raise SettingError(f"--precision 16-true: {kind.title} cannot be trained with its "
+                           "weights and optimiser state in float16 (the optimiser's eps 1e-8 "
+                           "is 0 in float16 and small updates are lost: NaN within a few "
+                           "steps); use --precision 16-mixed or bf16-mixed (float32 weights)")
+
+
+#: VGG19 pools four times before relu5_1: smaller images leave it nothing to pool.
+MIN_CONTRASTIVE_SIDE = 16
+
+
+def check_contrastive_settings(args: argparse.Namespace) -> None:
+    """CLGNet's contrastive-loss options, checked whether or not ``--alpha`` uses them."""
+    kwargs = model_kwargs(args, model_settings())
+    if kwargs["vgg_weights"] not in (None, *VGG_WEIGHTS_CHOICES):
+        weights_file(kwargs["vgg_weights"])
+    if kwargs["alpha"] > 0 and args.crop_size and min(args.crop_size) < MIN_CONTRASTIVE_SIDE:
+        raise SettingError(f"--crop_size {' '.join(map(str, args.crop_size))}: the contrastive "
+                           f"loss's VGG19 needs crops of at least {MIN_CONTRASTIVE_SIDE}x"
+                           f"{MIN_CONTRASTIVE_SIDE}; use larger crops, or --alpha 0 (L1 only)")
 
 
 def demo_dataset(challenge: str) -> Path:
@@ -351,6 +504,7 @@ def build_trainer(args: argparse.Namespace,
             every_n_train_steps=args.checkpoint_every_n_steps,
         ),
         RecordRun(KINDS[args.model], args.challenge, None if vgg is None else vgg.record),
+        DivergenceGuard(),
     ]
     optional = {
         "limit_train_batches": args.limit_train_batches,
@@ -413,11 +567,15 @@ def check_resume(path: Path, model: pl.LightningModule, kind: ModelKind, challen
     check_trained_for(path, read_record(path, checkpoint), kind, challenge)
     check_fits(path, model, state, trained_as=describe(hparams, state, kind),
                asked=describe(model.hparams, model.state_dict(), kind))
+    check_finite_weights(state, path)
 
 
 def check_record(path: Path, kind: ModelKind, challenge: str) -> None:
-    """The checkpoint to validate or test was trained as ``kind`` for ``challenge``."""
-    check_trained_for(path, read_record(path, read_checkpoint(path)), kind, challenge)
+    """The checkpoint to validate or test was trained as ``kind`` for ``challenge``, and
+    its weights are finite."""
+    checkpoint = read_checkpoint(path)
+    check_trained_for(path, read_record(path, checkpoint), kind, challenge)
+    check_finite_weights(checkpoint.get("state_dict", {}), path)
 
 
 def check_trained_for(path: Path, record: dict, kind: ModelKind, challenge: str) -> None:
@@ -454,19 +612,18 @@ def test(
     args: argparse.Namespace, data_module: CLGNetDataModule, trainer: pl.Trainer, checkpoint: Path
 ) -> None:
     """Reconstruct the test split with fastmri's saving code, then score it if targets exist."""
+    split = args.test_path or args.data_path / f"{args.challenge}_{args.test_split}"
+    # Before any reconstruction is written: a bad entry among the targets stops the run here.
+    targets = target_folder(split, args.challenge)
     trainer.test(load_module(checkpoint), datamodule=data_module)
     if not trainer.is_global_zero:
         return
     root = args.default_root_dir
     reconstructions = root / "reconstructions"
-    split = args.test_path or args.data_path / f"{args.challenge}_{args.test_split}"
-    targets = target_folder(split, args.challenge)
     if targets is None:
         print(f"reconstructions written to {reconstructions} (no targets to score them)")
         return
     result = score_folder(targets, reconstructions, args.challenge)
-    print(f"\nOfficial fastMRI metrics of {reconstructions} against {targets}:")
-    print(format_table(result))
     transform = data_module.test_transform
     if not isinstance(transform, CLGNetDataTransform):
         # The zero-filled baseline and the figure need the image input (VarNet's is k-space).
@@ -478,11 +635,11 @@ def test(
     for fname, volume in reconstruct(nn.Identity(), dataset, progress=False):
         write_volume(zero_filled / fname, volume)
     baseline = score_folder(targets, zero_filled, args.challenge).means()
-    means = result.means()
-    print(
-        f"mean PSNR {means['PSNR']:.2f} dB, SSIM {means['SSIM']:.4f} "
-        f"(zero-filled input: {baseline['PSNR']:.2f} dB, {baseline['SSIM']:.4f})"
-    )
+    title = KINDS[args.model].title
+    count = len(result.volumes)
+    print(f"\nOfficial fastMRI metrics of {reconstructions} against {targets}, mean of "
+          f"{count} volume{'s' if count > 1 else ''} (each volume: {root / 'metrics.json'}):")
+    print(format_comparison({title: result.means(), "zero-filled input": baseline}))
     vgg_weights = read_record(checkpoint, read_checkpoint(checkpoint)).get("vgg_weights")
     if vgg_weights is not None and vgg_weights["vgg_weights"] == "random":
         print("note: the contrastive loss was computed in a randomly initialised VGG19's "
@@ -491,7 +648,7 @@ def test(
                model=args.model, challenge=args.challenge, targets=str(targets),
                zero_filled_mean=baseline, vgg_weights=vgg_weights)
     views = collect_slices(dataset, reconstructions, targets, TARGET_KEYS[args.challenge])
-    save_figure(views, root / "reconstructions.png")
+    save_figure(views, root / "reconstructions.png", title)
     print(f"figure: {root / 'reconstructions.png'}")
 
 

@@ -59,9 +59,15 @@ def test_bench_speed_reports_every_model_with_unet_as_reference(tmp_path, capsys
         assert row["train_cl_gmac"] > row["train_l1_gmac"] > 2 * row["gmac"] > 0
     assert rows["unet"]["infer_ratio"] == rows["unet"]["train_cl_ratio"] == 1.0
     assert rows["unet"]["params"] == 7_756_097 and rows["clgnet"]["params"] == 969_153
-    assert report["meta"]["threads"] == 1 and report["meta"]["device"].startswith("cpu")
+    meta = report["meta"]
+    assert meta["threads"] == 1 and meta["device"].startswith("cpu")
+    assert meta["cpu"] and meta["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    ops = {choice["op"] for choice in meta["layouts"]}  # what the Fourier units measured
+    assert {"rfft2", "irfft2"} <= ops
+    assert all(c["chosen"] in c["seconds"] for c in meta["layouts"])
     table = capsys.readouterr().out
     assert "| U-Net (fastmri) |" in table and "| CLGNet_SA |" in table and "x U-Net" in table
+    assert meta["cpu_capability"] in table.splitlines()[0] and "layouts chosen" in table
 
 
 @pytest.mark.slow

@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from clgnet_fastmri.bench.curves import plateaued, summarize
+from clgnet_fastmri.bench.curves import (
+    comparison_points,
+    format_comparison,
+    plateaued,
+    read_at,
+    summarize,
+)
 from clgnet_fastmri.cli import main
 
 TINY = ["unet:chans=4,num_pool_layers=2", "clgnet:chans=4,num_sfrir=1,num_sfrb=1"]
@@ -50,6 +56,23 @@ def test_summary_reports_plateau_and_when_unet_plateau_is_reached():
     assert rows["slow"]["reach_unet"] is None
 
 
+def test_runs_are_read_at_equal_steps_and_equal_seconds_between_their_points():
+    points = _points([20, 22, 23])  # steps 100, 200, 300 at 0, 1, 2 s
+    assert read_at(points, "step", 150)["psnr"] == pytest.approx(21.0)
+    assert read_at(points, "train_cpu_s", 1.75)["psnr"] == pytest.approx(22.75)
+    assert read_at(points, "step", 100)["psnr"] == 20  # a point itself
+    assert read_at(points, "step", 50) is None and read_at(points, "step", 301) is None
+
+    slow = [dict(p, train_cpu_s=4 * p["train_cpu_s"]) for p in _points([21, 24, 25, 26])]
+    runs = {"fast": {"points": points}, "slow": {"points": slow}}
+    assert comparison_points(runs, "step") == [50, 100, 200, 400]  # up to "slow"'s end
+    assert comparison_points(runs, "train_cpu_s") == pytest.approx([0.5, 1, 1.5, 2, 12])
+    table = format_comparison(runs, "train_cpu_s", [2.0], lambda v: f"{v} s").splitlines()
+    # At 2 s "fast" is at its third point (23 dB), "slow" half way to its second (22.5 dB).
+    assert table[2].startswith("| fast | 23.00 /") and table[3].startswith("| slow | 22.50 /")
+    assert format_comparison(runs, "step", [400], str).splitlines()[2] == "| fast | - |"
+
+
 def _args(data: Path, out: Path, *extra: str):
     return ["bench", "curves", "--data_path", str(data), "--models", *TINY,
             "--eval-every", "2", "--max-steps", "6", "--min-steps", "100",
@@ -79,6 +102,13 @@ def test_curves_write_json_and_plot_and_skip_finished_runs(knee_data, tmp_path, 
 
     # Other settings into the same folder would mix two experiments.
     assert main(_args(knee_data, out, "--acceleration", "8")) == 2
+
+    capsys.readouterr()
+    assert main(["bench", "curves", "--report", "--output-dir", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "at equal steps" in printed and "| step 2 " not in printed  # steps 50, 100, ...
+    assert "at equal training cpu time" in printed
+    assert main(["bench", "curves", "--report", "--output-dir", str(tmp_path / "none")]) == 2
 
 
 @pytest.mark.slow

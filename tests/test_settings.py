@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -247,3 +248,64 @@ def test_malicious_checkpoint_refusal_does_not_depend_on_torch_wording(tmp_path,
         load_clgnet(path)
     assert "\n" not in str(info.value)
     assert not marker.exists()
+
+
+# -- --help -----------------------------------------------------------------------------------
+
+
+def every_option():
+    """``(command, action)`` of every option of every command and bench subcommand."""
+    from clgnet_fastmri.cli import COMMANDS, command_parser
+
+    def walk(parser, name):
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub_name, sub in action.choices.items():
+                    yield from walk(sub, f"{name} {sub_name}")
+            elif action.dest != "help":
+                yield name, action
+
+    for command in COMMANDS:
+        yield from walk(command_parser(command), command)
+
+
+def shown_help(action) -> str:
+    from clgnet_fastmri.cli import HelpFormatter
+
+    return HelpFormatter("prog")._expand_help(action)
+
+
+OPTIONS = list(every_option())
+MODEL_PREFIX = re.compile(r"\b(?:clgnet|unet|varnet): ")
+
+
+@pytest.mark.parametrize("command, action", OPTIONS,
+                         ids=[f"{c} {a.option_strings[-1] if a.option_strings else a.dest}"
+                              for c, a in OPTIONS])
+def test_every_option_says_what_it_does_and_its_default_once(command, action):
+    text = shown_help(action)
+    assert len(text.split()) >= 2, text  # a phrase, not a bare word
+    assert "(default: None)" not in text
+    if action.required:
+        assert not re.search(r"\bdefault\b", text), text
+    # Model options state each model's own default: one per model.
+    for part in MODEL_PREFIX.split(text):
+        assert len(re.findall(r"\bdefault\b", part, re.I)) <= 1, text
+
+
+def test_help_states_the_allowed_values_validate_enforces():
+    from clgnet_fastmri.settings import SHARED
+
+    checked = 0
+    for command, action in OPTIONS:
+        if action.dest in SHARED and action.nargs != 0:
+            if action.choices is not None and action.metavar is None:
+                continue  # argparse lists them: {a,b,c}
+            kind, rule = SHARED[action.dest]
+            rule = getattr(action.type, "rule", rule)  # e.g. bench quality --max-steps >= 1
+            allowed = ", ".join(map(str, action.choices or ())) or rule.describe(kind)
+            assert allowed in shown_help(action), (command, action)
+            checked += 1
+    assert checked > 20
+    chans = dict((a.dest, a) for c, a in OPTIONS if c == "train")["chans"]
+    assert shown_help(chans).count("an integer in [1, 1024]") == 3  # CLGNet, U-Net, VarNet

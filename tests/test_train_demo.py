@@ -38,12 +38,23 @@ def test_train_then_test_writes_reconstructions_metrics_and_figure(
     assert train(*common, "--mode", "test") == 0
     out = capsys.readouterr().out
     assert "Official fastMRI metrics" in out
+    # The model and its zero-filled input side by side, with the metrics the README explains.
+    lines = out.splitlines()
+    header = lines.index(next(line for line in lines if line.split()[:1] == ["NMSE"]))
+    assert lines[header].split() == ["NMSE", "PSNR", "SSIM", "BANDING"]
+    for row, name in zip(lines[header + 2:header + 4], ("CLGNet", "zero-filled input")):
+        assert row.startswith(name) and len(row[len(name):].split()) == 4, row
     test_files = sorted(p.name for p in (knee_data / "singlecoil_test").iterdir())
     assert sorted(p.name for p in (root / "reconstructions").iterdir()) == test_files
     metrics = json.loads((root / "metrics.json").read_text())
     assert metrics["num_volumes"] == len(test_files)
     assert np.isfinite(metrics["mean"]["PSNR"])
     assert (root / "reconstructions.png").stat().st_size > 0
+
+    # Training again starts a new run folder beside the first, and says so.
+    assert train(*common, "--max_steps", "1") == 0
+    assert (tmp_path / "run-2" / "checkpoints" / "last.ckpt").is_file()
+    assert f"this run goes to {tmp_path / 'run-2'}" in capsys.readouterr().out
 
     # The VGG19 weights the contrastive loss used, in the checkpoint, metrics and summary.
     used = {"vgg_weights": "random", "path": None, "sha256": None}

@@ -290,3 +290,71 @@ def test_clgnet_bf16_true_trains_and_predicts_on_cpu(knee_data, tmp_path):
     with h5py.File(out / "file_knee_test_0000.h5") as hf:
         recons = hf["reconstruction"][()]
     assert recons.shape == (3, 32, 32) and np.isfinite(recons).all()
+
+
+# -- a run's folder, threads and output -------------------------------------------------------
+
+
+def test_a_new_run_never_reuses_a_folder_that_holds_a_run(tmp_path, capsys):
+    from clgnet_fastmri.train_clgnet_demo import run_folder
+
+    root = tmp_path / "demo"
+    assert run_folder(root, None) == root  # nothing there yet
+    (root / "checkpoints").mkdir(parents=True)
+    (root / "checkpoints" / "last.ckpt").touch()
+    assert run_folder(root, None) == tmp_path / "demo-2"
+    assert "demo holds an earlier run" in capsys.readouterr().out
+    (tmp_path / "demo-2" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "demo-2" / "checkpoints" / "best-epoch=0-step=1.ckpt").touch()
+    assert run_folder(root, None) == tmp_path / "demo-3"
+    assert run_folder(root, "last") == root  # --resume continues it
+    assert "resuming the run in" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cpus, load, threads", [(2, 0.1, 2), (2, 1.2, 1), (2, 2.8, 1),
+                                                 (16, 4.0, 12), (16, 0.0, 16)])
+def test_threads_are_the_cpus_other_work_leaves(cpus, load, threads):
+    from clgnet_fastmri.train_clgnet_demo import free_cpus
+
+    assert free_cpus(cpus, load) == threads
+
+
+def test_thread_choice_respects_the_user(monkeypatch, capsys):
+    from clgnet_fastmri.train_clgnet_demo import choose_threads
+
+    before = torch.get_num_threads()
+    try:
+        args = parse_train("--accelerator", "cpu", "--threads", "1")
+        choose_threads(args)
+        assert torch.get_num_threads() == 1 and "using 1 CPU thread (--threads)" in \
+            capsys.readouterr().out
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")
+        choose_threads(parse_train("--accelerator", "cpu"))
+        assert torch.get_num_threads() == 1 and capsys.readouterr().out == ""
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_lightning_noise_is_hidden_only_inside_our_runs(caplog):
+    import logging
+    import warnings
+
+    from pytorch_lightning.utilities.rank_zero import rank_zero_info
+
+    from clgnet_fastmri.train_clgnet_demo import quiet_lightning
+
+    def noise():
+        warnings.warn("Found 1 module(s) in eval mode at the start of training.")
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated", FutureWarning)
+        warnings.warn("Checkpoint directory /x/checkpoints exists and is not empty.")
+        rank_zero_info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        rank_zero_info("a note about this run")
+
+    with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with quiet_lightning():
+            noise()
+        assert not caught and [r.getMessage() for r in caplog.records] == \
+            ["a note about this run"]
+        noise()  # the caller's own code still sees everything
+        assert len(caught) == 3 and len(caplog.records) == 3

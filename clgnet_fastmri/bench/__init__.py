@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cli import HelpFormatter
+from ..train_clgnet_demo import quiet_lightning
 from . import curves, quality, speed
 
 _SUBCOMMANDS = {
@@ -24,10 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, (module, help_text) in _SUBCOMMANDS.items():
         module.add_arguments(sub.add_parser(
             name, help=help_text, description=module.__doc__.split("\n\n")[0],
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            formatter_class=HelpFormatter,
         ))
 
 
 def run(args: argparse.Namespace) -> int:
     module, _ = _SUBCOMMANDS[args.bench]
-    return module.run(args)
+    with quiet_lightning():  # quality and curves train with Lightning too
+        return module.run(args)

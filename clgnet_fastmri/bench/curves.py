@@ -20,7 +20,8 @@ Choices:
 - Data: with no ``--data_path``, a built-in synthetic set (``--anatomy knee`` or ``brain``)
   at 128 x 128 with 24 training and 4 validation volumes of 8 slices, generated once into the
   cache folder: three times the demo's training set, so that a long run measures learning
-  rather than memorisation of 64 slices.
+  rather than memorisation of 64 slices. From 256 x 256 on (the paper's size) the validation
+  split holds 2 volumes, so that an evaluation stays well under a minute on one CPU thread.
 - Each model trains its own way: U-Net exactly as fastmri's ``train_unet_demo.py`` (RMSprop,
   lr 1e-3, StepLR x0.1 after 40 epochs, L1); CLGNet variants with ``CLGNetModule``'s defaults
   except a constant learning rate: a run that ends at its plateau has no length known in
@@ -65,6 +66,8 @@ DEFAULT_MODELS = ("unet", "clgnet", "no-cl", "no-sfl")
 ANATOMIES = ("knee", "brain")
 #: The built-in learning-curve sets (see the module doc).
 CURVE_DATA = dict(size=128, num_slices=8, splits={"train": 24, "val": 4})
+#: From this image size on, the built-in set validates on 2 volumes instead of 4.
+LARGE_SIZE = 256
 METRICS = ("psnr", "ssim", "nmse")
 #: --clock -> the point's field that holds that clock's training seconds.
 CLOCKS = {"cpu": "train_cpu_s", "wall": "train_s"}
@@ -98,21 +101,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-steps", type=int, default=1000,
                         help="no plateau stop before this many steps")
     add_training_arguments(parser)
-    parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--accelerator", default="cpu", help="the device kind to train on")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (1 makes CPU seconds comparable)")
     parser.add_argument("--output-dir", type=Path, default=None,
                         help="default: clgnet_runs/curves/<anatomy or data folder name>")
-    parser.add_argument("--no-progress-bar", action="store_true")
+    parser.add_argument("--no-progress-bar", action="store_true",
+                        help="no progress bars (for log files)")
+    parser.add_argument("--report", action="store_true",
+                        help="print the tables of the curves.json in --output-dir (or the "
+                        "default folder) and exit, training nothing")
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    if args.report:
+        return _print_report(args)
     specs = [parse_spec(text) for text in args.models]
     torch.set_num_threads(args.threads)
     data_path = args.data_path or curve_dataset(args.anatomy, args.challenge, args.size)
-    out = args.output_dir or Path("clgnet_runs/curves") / (
-        args.anatomy if args.data_path is None else data_path.name)
+    out = _output_dir(args)
     ensure_writable_dir(out)
     report_path = out / "curves.json"
     report = _read_report(report_path, args)
@@ -128,11 +136,28 @@ def run(args: argparse.Namespace) -> int:
             _save(report, report_path, out, args.clock)
 
         train_curve(name, overrides, data_path, out / key, args, publish)
-    summary = summarize(report["runs"])
-    report["summary"] = summary
+    report["summary"] = summarize(report["runs"])
     _save(report, report_path, out, args.clock)
-    print(format_summary(summary, args.clock))
+    print(format_report(report, args.clock))
     print(f"\ncurves written to {report_path} and {out / 'curves.png'}")
+    return 0
+
+
+def _output_dir(args: argparse.Namespace) -> Path:
+    if args.output_dir is not None:
+        return args.output_dir
+    name = args.anatomy if args.data_path is None else Path(args.data_path).name
+    return Path("clgnet_runs/curves") / name
+
+
+def _print_report(args: argparse.Namespace) -> int:
+    path = _output_dir(args) / "curves.json"
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"{path}: no readable bench curves report ({err}); give the "
+                        "--output-dir of an earlier run") from None
+    print(format_report(report, args.clock))
     return 0
 
 
@@ -164,14 +189,16 @@ def _may_continue(run: Dict[str, Any], args: argparse.Namespace) -> bool:
 
 def curve_dataset(anatomy: str, challenge: str, size: int = CURVE_DATA["size"]) -> Path:
     """The built-in learning-curve set of ``anatomy``, generated once into the cache."""
-    return demo.cached_dataset(dict(CURVE_DATA, anatomy=anatomy, size=size), challenge)
+    splits = dict(CURVE_DATA["splits"], val=2) if size >= LARGE_SIZE else CURVE_DATA["splits"]
+    return demo.cached_dataset(dict(CURVE_DATA, anatomy=anatomy, size=size, splits=splits),
+                               challenge)
 
 
 def _read_report(path: Path, args: argparse.Namespace) -> Dict[str, Any]:
     """The report of an earlier run with the same settings (``STOP_RULES`` may differ), or
     a new one."""
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in sorted(vars(args).items())
-                if k not in ("models", "no_progress_bar", "bench", "command")}
+                if k not in ("models", "no_progress_bar", "report", "bench", "command")}
     if path.is_file():
         report = json.loads(path.read_text())
         rules = dict.fromkeys(STOP_RULES)
@@ -373,6 +400,65 @@ def format_summary(rows: Sequence[Dict[str, Any]], clock: str = "cpu") -> str:
         lines.append(f"| {r['run']} | {r['stopped']} | {r['steps']} | "
                      f"{r[field] / 60:.1f} | {r['psnr']:.2f} | {r['ssim']:.4f} | {when} |")
     return "\n".join(lines)
+
+
+def read_at(points: Sequence[Dict[str, float]], field: str,
+            value: float) -> Optional[Dict[str, float]]:
+    """The metrics at ``value`` of ``field`` (``step``, ``train_s`` or ``train_cpu_s``),
+    linearly interpolated between the two validation points around it; None outside the run.
+
+    This is how two runs are compared "at equal CPU time": each curve read at the same
+    seconds, though their validation points fall at different times.
+    """
+    for before, after in zip(points, points[1:]):
+        if before[field] <= value <= after[field]:
+            span = after[field] - before[field]
+            w = (value - before[field]) / span if span else 1.0
+            return {m: (1 - w) * before[m] + w * after[m] for m in METRICS}
+    if points and points[0][field] == value:
+        return {m: points[0][m] for m in METRICS}
+    return None
+
+
+def format_comparison(runs: Dict[str, Dict[str, Any]], field: str,
+                      values: Sequence[float], unit: Callable[[float], str]) -> str:
+    """A Markdown table: PSNR / SSIM / NMSE of every run at each of ``values`` of ``field``."""
+    lines = ["| model | " + " | ".join(unit(v) for v in values) + " |",
+             "|---|" + "---|" * len(values)]
+    for key, run in runs.items():
+        cells = []
+        for value in values:
+            m = read_at(run.get("points") or [], field, value)
+            cells.append("-" if m is None else
+                         f"{m['psnr']:.2f} / {m['ssim']:.4f} / {m['nmse']:.4f}")
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def comparison_points(runs: Dict[str, Dict[str, Any]], field: str) -> List[float]:
+    """Where to compare runs: steps 50, 100, 200, 400, ... up to the longest run's end (a
+    shorter run shows "-"), or seconds: quarters of the shortest run, then the longest's end."""
+    ends = [run["points"][-1][field] for run in runs.values() if run.get("points")]
+    if not ends:
+        return []
+    if field == "step":
+        return [50 * 2 ** i for i in range(int(math.log2(max(ends) / 50)) + 1)
+                if max(ends) >= 50]
+    quarters = [min(ends) * k / 4 for k in range(1, 5)]
+    return quarters + [max(ends)] if max(ends) > 1.05 * min(ends) else quarters
+
+
+def format_report(report: Dict[str, Any], clock: str = "cpu") -> str:
+    """The summary, then every run at equal steps and at equal ``clock`` seconds."""
+    runs = report["runs"]
+    field = CLOCKS[clock]
+    return "\n\n".join([
+        format_summary(summarize(runs), clock),
+        "PSNR / SSIM / NMSE at equal steps:\n" + format_comparison(
+            runs, "step", comparison_points(runs, "step"), lambda v: f"step {v:.0f}"),
+        f"PSNR / SSIM / NMSE at equal training {clock} time:\n" + format_comparison(
+            runs, field, comparison_points(runs, field), lambda v: f"{v / 60:.1f} min"),
+    ])
 
 
 def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path, clock: str = "cpu",

@@ -46,7 +46,7 @@ from ..files import atomic_output, ensure_writable_dir
 from ..models.registry import UNET, UNET_KWARGS, VARIANTS, count_parameters
 from ..pl_modules.bridge import UnetModule
 from ..pl_modules.clgnet_module import CLGNetModule
-from ..settings import MAX_ACCELERATION, Rule, signature_settings
+from ..settings import Rule, signature_settings
 
 QUALITY_DATA = dict(anatomy="knee", size=128, num_slices=8,
                     splits={"train": 8, "val": 2, "test": 2})
@@ -76,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fastMRI data root (<challenge>_train, <challenge>_val); "
                         "default: the built-in synthetic knee set")
     add_training_arguments(parser)
-    parser.add_argument("--num-workers", type=int, default=0)
-    parser.add_argument("--accelerator", default="auto")
+    parser.add_argument("--num-workers", type=int, default=0,
+                        help="data-loading processes; 0 loads in the training one")
+    parser.add_argument("--accelerator", default="auto", help="the device kind to train on")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: all available)")
     parser.add_argument("--output-dir", type=Path, default=Path("clgnet_runs/bench_quality"),
@@ -87,16 +88,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The data, mask, batch, loss-weights, precision and seed options of the benchmarks that
     train (``quality``, ``curves``)."""
-    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil")
-    parser.add_argument("--acceleration", type=int, default=4,
-                        help=f"undersampling factor, 2 to {MAX_ACCELERATION}")
+    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil",
+                        help="which fastMRI files the data holds")
+    parser.add_argument("--acceleration", type=int, default=4, help="undersampling factor")
     parser.add_argument("--center-fraction", type=float, default=0.08,
-                        help="fraction of low-frequency lines always kept, in (0, 1)")
-    parser.add_argument("--batch-size", type=int, default=4)
+                        help="fraction of low-frequency lines always kept")
+    parser.add_argument("--batch-size", type=int, default=4, help="training slices per step")
     parser.add_argument("--vgg-weights", default="auto",
                         help="as 'clgnet-fastmri train --vgg_weights'")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--precision", default="32-true",
+                        help="Lightning's precision, as 'clgnet-fastmri train --precision'")
+    parser.add_argument("--seed", type=int, default=42,
+                        help="seed of the weights, masks and data order (the same for every "
+                        "model)")
 
 
 def run(args: argparse.Namespace) -> int:

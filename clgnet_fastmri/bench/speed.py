@@ -50,8 +50,9 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from ..errors import UserError
-from ..files import atomic_output
+from ..files import atomic_output, check_output_file
 from ..losses import CLGNetLoss, ContrastiveLoss, VGG19Features
+from ..models import layout
 from ..models.registry import UNET, VARIANTS, build_network, count_parameters, networks
 from ..pl_modules.clgnet_module import CLGNetModule
 from ..settings import signature_defaults
@@ -117,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--device {args.device}: CUDA is not available; use --device cpu")
     if min(args.sizes) < 16 or min(args.warmup, args.repeats - 1, args.batch_size - 1) < 0:
         raise UserError("sizes must be >= 16, --repeats and --batch-size >= 1, --warmup >= 0")
+    if args.json:
+        check_output_file(args.json, "--json")
     if args.threads:
         torch.set_num_threads(args.threads)
     names = [UNET] + [m for m in args.models if m != UNET]
@@ -144,6 +147,11 @@ def machine(device: torch.device, args: argparse.Namespace) -> Dict[str, object]
     return {
         "argv": sys.argv,
         "device": f"{device.type}: {name}",
+        "cpu": _cpu_model(),
+        # The vector instruction set torch's CPU kernels dispatch to (AVX2, AVX512, ...).
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        # The layouts the Fourier units and convolutions measured fastest in this process.
+        "layouts": layout.chosen(),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -411,7 +419,8 @@ _COLUMNS = (
 
 def format_tables(rows: Sequence[Dict], meta: Dict) -> str:
     """One Markdown table per image size."""
-    out = [f"device: {meta['device']}, {meta['threads']} threads, torch {meta['torch']}, "
+    out = [f"device: {meta['device']} (CPU: {meta['cpu']}, torch's CPU kernels: "
+           f"{meta['cpu_capability']}), {meta['threads']} threads, torch {meta['torch']}, "
            f"bf16={meta['bf16']}, channels_last={meta['channels_last']}, "
            f"compile={meta['compile']}, train batch {meta['batch_size']}, "
            f"best of {meta['repeats']} interleaved calls after {meta['warmup']} warm-up, "
@@ -425,7 +434,20 @@ def format_tables(rows: Sequence[Dict], meta: Dict) -> str:
         for row in sized:
             cells = [_cell(row, key, fmt) for key, _, fmt in columns]
             out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out)
+    return "\n".join(out + _layout_lines(meta["layouts"]))
+
+
+def _layout_lines(choices: Sequence[Dict]) -> List[str]:
+    """One line per layout choice measured (``models.layout``), candidates' best times."""
+    if not choices:
+        return []
+    lines = ["", "layouts chosen (models.layout; fix with CLGNET_LAYOUT):"]
+    for choice in choices:
+        times = ", ".join(f"{name} {seconds * 1e3:.2f} ms"
+                          for name, seconds in choice["seconds"].items())
+        shapes = " ".join("x".join(map(str, shape)) for shape in choice["shapes"])
+        lines.append(f"- {choice['op']} {shapes}: {choice['chosen']} ({times})")
+    return lines
 
 
 def _cell(row: Dict, key: str, fmt: str) -> str:
