@@ -15,6 +15,7 @@ from clgnet_fastmri import cli
 from clgnet_fastmri.bench.quality import parse_spec
 from clgnet_fastmri.bench.speed import count_flops, timed
 from clgnet_fastmri.errors import UserError
+from clgnet_fastmri.models import layout
 
 
 def test_flop_count_includes_the_ops_clgnet_and_attention_use():
@@ -37,7 +38,8 @@ def test_timed_calls_are_interleaved_after_each_ones_warm_up():
 
 
 @pytest.mark.slow
-def test_bench_speed_reports_every_model_with_unet_as_reference(tmp_path, capsys):
+def test_bench_speed_reports_every_model_with_unet_as_reference(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(layout, "_fixed", ())  # measured, whatever CLGNET_LAYOUT says
     out = tmp_path / "speed.json"
     threads = torch.get_num_threads()
     try:

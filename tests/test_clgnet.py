@@ -179,6 +179,7 @@ def test_space_to_depth_is_pixel_unshuffle_with_channels_by_pixel():
 
 def test_fastest_measures_once_per_key_then_reuses_the_choice(monkeypatch):
     monkeypatch.setattr(layout, "_chosen", {})
+    monkeypatch.setattr(layout, "_fixed", ())  # measured, whatever CLGNET_LAYOUT says
     calls = []
     x = torch.zeros(2, 3)
 
@@ -315,9 +316,10 @@ def test_bad_arguments_are_refused():
 
 
 def _record_fft_dtypes(monkeypatch) -> list:
-    """The dtypes of every tensor torch's rfftn/irfftn get from now on (in the list returned)."""
+    """The dtypes of every tensor torch's real FFTs get from now on (in the list returned):
+    rfftn/irfftn and rfft2/irfft2, whichever layout ``models/layout.py`` picked."""
     seen = []
-    for name in ("rfftn", "irfftn"):
+    for name in ("rfftn", "irfftn", "rfft2", "irfft2"):
         fft = getattr(torch.fft, name)
         monkeypatch.setattr(torch.fft, name,
                             lambda t, *a, _fft=fft, **k: seen.append(t.dtype) or _fft(t, *a, **k))
