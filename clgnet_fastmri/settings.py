@@ -370,6 +370,17 @@ def describe_allowed(parser: argparse.ArgumentParser) -> None:
             action.help = f"{action.help} ({each}{rule.describe(kind)})"
 
 
+def check_layout_environment() -> None:
+    """``CLGNET_LAYOUT``, when set, names layouts ``models.layout`` knows."""
+    if os.environ.get("CLGNET_LAYOUT"):
+        from .models import layout
+
+        try:
+            layout.fixed_choices()
+        except ValueError as err:
+            raise SettingError(str(err)) from None
+
+
 def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
     """Check a command's parsed arguments before it does any work.
 
@@ -386,6 +397,7 @@ def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
         for item in value if isinstance(value, (list, tuple)) else [value]:
             rule.check(flags.get(dest, f"--{dest}"), item, kind)
     resolve_synonyms(args)
+    check_layout_environment()
     accelerations, fractions = values.get("accelerations"), values.get("center_fractions")
     if accelerations is not None and fractions is not None and \
             len(accelerations) != len(fractions):

@@ -13,7 +13,7 @@ import torch
 
 from clgnet_fastmri.checkpoints import load_clgnet
 from clgnet_fastmri.errors import UserError
-from clgnet_fastmri.models import CLGNet
+from clgnet_fastmri.models import CLGNet, layout
 from clgnet_fastmri.models.registry import VARIANTS, build_network, networks
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
 from clgnet_fastmri.settings import Rule, SettingError, check_output_dir, signature_defaults
@@ -115,6 +115,14 @@ BAD_TRAIN = [
 @pytest.mark.parametrize("argv, option", BAD_TRAIN, ids=[" ".join(a) for a, _ in BAD_TRAIN])
 def test_bad_train_values_are_one_line_errors_before_any_work(argv, option, refused_train):
     assert option in refused_train(argv)
+
+
+@pytest.mark.reliability
+def test_a_layout_variable_it_cannot_use_is_one_line_before_any_work(refused_train,
+                                                                      monkeypatch):
+    monkeypatch.setenv("CLGNET_LAYOUT", "rows")
+    monkeypatch.setattr(layout, "_fixed", None)  # read the variable again
+    assert "CLGNET_LAYOUT" in refused_train([])
 
 
 BAD_OTHER = [

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from typing import Callable, Dict, Iterator, List, Mapping, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import torch
 from torch import Tensor
@@ -54,7 +54,17 @@ def _parse(value: str) -> Tuple[str, ...]:
     return items
 
 
-_fixed: Tuple[str, ...] = _parse(os.environ.get(ENV, ""))
+#: The fixed choices: None until first needed, then those of ``CLGNET_LAYOUT``.
+_fixed: Optional[Tuple[str, ...]] = None
+
+
+def fixed_choices() -> Tuple[str, ...]:
+    """The choices fixed now; the first call reads ``CLGNET_LAYOUT`` (``ValueError`` naming
+    it for a value it cannot use)."""
+    global _fixed
+    if _fixed is None:
+        _fixed = _parse(os.environ.get(ENV, ""))
+    return _fixed
 
 
 @contextlib.contextmanager
@@ -78,7 +88,7 @@ def chosen() -> List[Dict[str, object]]:
 def fastest(op: str, like: Sequence[Tensor], candidates: Mapping[str, Callable[[], T]]) -> T:
     """The result of ``op``'s candidate for inputs ``like``: fixed, cached or measured now."""
     for name, fn in candidates.items():
-        if name in _fixed or f"{op}={name}" in _fixed:
+        if name in fixed_choices() or f"{op}={name}" in fixed_choices():
             return fn()
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return next(iter(candidates.values()))()
