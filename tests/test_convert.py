@@ -543,6 +543,17 @@ def test_same_seed_same_files_other_seed_other_split(nifti_source, tmp_path):
 # Bad input: one line naming the file, exit 2, nothing written
 
 
+def _good_cc359_source(tmp_path: Path, volumes: int, seed: int):
+    """``(tmp_path/src, rng)``: a folder of ``volumes`` valid CC-359 files, beside which a
+    test puts its bad one (``rng`` continues the stream that made them)."""
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(volumes):
+        write_cc359(src / f"good{i}.h5", cc359_kspace(rng))
+    return src, rng
+
+
 def _fails(capsys, out: Path, *args, expect: str) -> str:
     before = sorted(p.name for p in out.iterdir()) if out.exists() else None
     assert convert(*args) == 2
@@ -574,11 +585,7 @@ def test_folder_without_volumes(tmp_path, capsys):
     ("truncated_npy", "not a readable .npy"),
 ])
 def test_bad_cc359_sources(tmp_path, capsys, case, expect):
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = np.random.default_rng(4)
-    for i in range(3):
-        write_cc359(src / f"good{i}.h5", cc359_kspace(rng))
+    src, rng = _good_cc359_source(tmp_path, volumes=3, seed=4)
     bad = src / ("bad.npy" if case == "truncated_npy" else "bad.h5")
     if case in ("truncated_h5", "truncated_npy"):
         write_cc359(bad, cc359_kspace(rng))
@@ -895,11 +902,7 @@ def test_bad_options_and_paths_are_one_line(nifti_source, tmp_path, capsys, monk
     ("huge", "beyond the 512 slices"),
 ])
 def test_bad_cc359_values_and_headers(tmp_path, capsys, case, expect):
-    src = tmp_path / "src"
-    src.mkdir()
-    rng = np.random.default_rng(15)
-    for i in range(2):
-        write_cc359(src / f"good{i}.h5", cc359_kspace(rng))
+    src, rng = _good_cc359_source(tmp_path, volumes=2, seed=15)
     bad = src / ("bad.npy" if case == "npz" else "bad.h5")
     raw = np.ascontiguousarray(np.stack([cc359_kspace(rng).real] * 2, axis=-1).reshape(
         3, 16, 20, 6)).astype(np.float64)
