@@ -8,12 +8,12 @@ Declared in ``pyproject.toml`` as the ``banding`` entry point of the
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Dict, Mapping
 
 import pytorch_lightning as pl
 
 from .augment import RandomTranspose
-from .module import add_banding_arguments, build_module
+from .module import add_banding_arguments, banding_settings, build_module
 
 
 class BandingExtension:
@@ -27,12 +27,14 @@ class BandingExtension:
     def enabled(self, args: argparse.Namespace) -> bool:
         return bool(getattr(args, "banding", False))
 
-    def train_transform(self, args: argparse.Namespace) -> Callable[..., Any]:
+    def settings(self, args: argparse.Namespace) -> Dict[str, Any]:
+        return banding_settings(args)
+
+    def train_transform(self, config: Any) -> Callable[..., Any]:
         return RandomTranspose
 
-    def build_module(self, args: argparse.Namespace,
-                     module_kwargs: Mapping[str, Any]) -> pl.LightningModule:
-        return build_module(args, module_kwargs)
+    def build_module(self, config: Any, module_kwargs: Mapping[str, Any]) -> pl.LightningModule:
+        return build_module(config, module_kwargs)
 
 
 EXTENSION = BandingExtension()

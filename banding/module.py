@@ -48,7 +48,8 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import pytorch_lightning as pl
 import torch
@@ -57,8 +58,9 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from clgnet_fastmri.errors import UserError
-from clgnet_fastmri.pl_modules.bridge import UnetModule
+from clgnet_fastmri.pl_modules.bridge import BridgedUnetModule
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
+from clgnet_fastmri.settings import Rule, add_signature_arguments, signature_settings
 
 from .adversary import OrientationAdversary
 from .augment import OrientedSample, reorient
@@ -258,43 +260,56 @@ class BandingCLGNetModule(OrientationAdversarialMixin, CLGNetModule):
         return {"loss": parts.total, "l1": parts.l1, "contrastive": parts.contrastive}
 
 
-class BandingUnetModule(OrientationAdversarialMixin, UnetModule):
+class BandingUnetModule(OrientationAdversarialMixin, BridgedUnetModule):
     """fastmri's U-Net baseline (``UnetModule``, L1 loss) with the orientation adversary."""
 
     def reconstruction_loss(self, output: Tensor, sample: Any) -> Dict[str, Tensor]:
         return {"loss": F.l1_loss(output, sample.target)}
 
 
+@dataclass(frozen=True)
+class BandingSettings:
+    """The options of ``clgnet-fastmri train --banding`` (``OrientationAdversarialMixin``'s
+    arguments of the same names): defaults here, allowed values and help in ``RULES``."""
+
+    adversary_strength: float = 0.1
+    adversary_warmup_epochs: int = 1
+    adversary_lr: Optional[float] = None
+
+    RULES: ClassVar[Dict[str, Rule]] = {
+        "adversary_strength": Rule("weight of the adversarial term in the reconstruction loss",
+                                   low=0),
+        "adversary_warmup_epochs": Rule("epochs that train the adversary before its term "
+                                        "enters the reconstruction loss", low=0),
+        "adversary_lr": Rule("Adam learning rate of the adversary; unset, that of --lr",
+                             low=0, low_open=True),
+    }
+
+
 def add_banding_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training demo's ``--banding`` options."""
+    """The training command's ``--banding`` options."""
     group = parser.add_argument_group("banding removal (adversarial, Defazio et al. 2020)")
     group.add_argument("--banding", action="store_true",
                        help="train with the orientation adversary against banding; the "
                        "training slices are transposed at random (square crops only; under "
                        "DDP use --strategy ddp_find_unused_parameters_true; --max_steps and "
                        "--checkpoint_every_n_steps count two optimiser steps per batch)")
-    group.add_argument("--adversary_strength", type=float, default=0.1,
-                       help="weight of the adversarial term in the reconstruction loss")
-    group.add_argument("--adversary_warmup_epochs", type=int, default=1,
-                       help="epochs that train the adversary before its term enters the "
-                       "reconstruction loss")
-    group.add_argument("--adversary_lr", type=float, default=None,
-                       help="Adam learning rate of the adversary; unset, that of --lr")
+    add_signature_arguments(group, BandingSettings, BandingSettings.RULES)
 
 
-def build_module(args: argparse.Namespace, module_kwargs: Mapping[str, Any]
-                 ) -> BandingCLGNetModule:
+def banding_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """The ``BandingSettings`` among the parsed options (each checked by its rule)."""
+    return {name: getattr(args, name) for name in signature_settings(BandingSettings)}
+
+
+def build_module(config: Any, module_kwargs: Mapping[str, Any]) -> BandingCLGNetModule:
     """The module ``clgnet-fastmri train --banding`` trains: a ``BandingCLGNetModule`` with
-    the demo's ``CLGNetModule`` arguments and the adversary's (``add_banding_arguments``)."""
-    crop = getattr(args, "crop_size", None)
+    the run's ``CLGNetModule`` arguments and its ``BandingSettings`` (``config`` is the run's
+    ``clgnet_fastmri.config.TrainConfig``)."""
+    crop = config.crop_size
     if crop and crop[0] != crop[1]:
         raise UserError(
             f"--banding needs square training images, not a {crop[0]}x{crop[1]} --crop_size; "
             "give equal sizes"
         )
-    return BandingCLGNetModule(
-        adversary_strength=args.adversary_strength,
-        adversary_warmup_epochs=args.adversary_warmup_epochs,
-        adversary_lr=args.adversary_lr,
-        **module_kwargs,
-    )
+    return BandingCLGNetModule(**config.extension_args, **module_kwargs)

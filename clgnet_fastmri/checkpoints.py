@@ -187,6 +187,13 @@ def load_recorded(path: Union[str, os.PathLike]) -> Tuple[pl.LightningModule, Di
     """``load_module(path)`` and the checkpoint's record (``read_record``)."""
     checkpoint = read_checkpoint(path)
     record = read_record(path, checkpoint)
+    return module_from_checkpoint(path, checkpoint, record), record
+
+
+def module_from_checkpoint(path: Union[str, os.PathLike], checkpoint: Mapping[str, Any],
+                           record: Mapping[str, Any]) -> pl.LightningModule:
+    """The module of a checkpoint already read (``read_checkpoint``) with its ``record``:
+    ``load_module`` for a caller that reads the checkpoint for more than the module."""
     kind = KINDS[record["model_kind"]]
     hparams = checked_hparams(path, checkpoint, kind)
     module = kind.module(**hparams)
@@ -201,7 +208,7 @@ def load_recorded(path: Union[str, os.PathLike]) -> Tuple[pl.LightningModule, Di
     check_fits(path, network, state, trained_as=f"weights that are not {described}",
                asked=f"the {described} its hyperparameters describe")
     network.load_state_dict(state)
-    return module, record
+    return module
 
 
 def load_clgnet(path: Union[str, os.PathLike]) -> CLGNet:

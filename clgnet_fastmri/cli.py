@@ -11,7 +11,8 @@ import argparse
 import importlib
 import re
 import sys
-from typing import Dict, NoReturn, Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, NoReturn, Optional, Sequence
 
 from .errors import UserError, user_message
 
@@ -42,10 +43,27 @@ COMMANDS = {
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line: ``clgnet-fastmri CMD: error: ...`` (exit 2)."""
+    """argparse with its errors on one line: ``clgnet-fastmri CMD: error: ...`` (exit 2), and
+    every long option in both spellings: ``--a_b`` also as ``--a-b`` and the other way round
+    (fastmri's scripts use ``_``, most command-line tools ``-``); help shows the one it
+    defines. Subcommands' parsers (``bench speed``, ...) are of this class too."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _parse_optional(self, arg_string: str):  # argparse's one lookup of an option string
+        return super()._parse_optional(self._defined_spelling(arg_string))
+
+    def _defined_spelling(self, arg_string: str) -> str:
+        """``--a-b[=v]`` as ``--a_b[=v]`` when that is the option defined (or vice versa)."""
+        option, sep, value = arg_string.partition("=")
+        if not option.startswith("--") or option in self._option_string_actions:
+            return arg_string
+        body = option[2:]
+        for spelling in (body.replace("-", "_"), body.replace("_", "-")):
+            if f"--{spelling}" in self._option_string_actions:
+                return f"--{spelling}{sep}{value}"
+        return arg_string
 
 
 class HelpFormatter(argparse.HelpFormatter):
@@ -67,16 +85,59 @@ def _shown(default: object) -> str:
     return str(default).replace("%", "%%")
 
 
-def _flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
+def option_flags(parser: argparse.ArgumentParser) -> Dict[str, str]:
     """``dest -> option string`` of a parser and its subcommands' parsers."""
     flags: Dict[str, str] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for sub in action.choices.values():
-                flags.update(_flags(sub))
+                flags.update(option_flags(sub))
         elif action.option_strings:
             flags[action.dest] = max(action.option_strings, key=len)
     return flags
+
+
+def config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Optional[Path]:
+    """The ``--config FILE`` among ``argv``, for a command that has that option."""
+    if "config" not in option_flags(parser):
+        return None
+    pre = _Parser(prog=parser.prog, add_help=False)
+    pre.add_argument("--config", type=Path, default=None)
+    return pre.parse_known_args(list(argv))[0].config
+
+
+def config_argv(parser: argparse.ArgumentParser, values: Mapping[str, Any],
+                source: str) -> List[str]:
+    """``values`` (``{option: value}``, either spelling, as a run's ``config.yaml`` holds them)
+    as the command-line options that give them: put before the typed options, which override
+    them, they go through the same parsing and checks, so a bad value in a file is refused
+    with the same line as on the command line. ``source`` names the file in the errors."""
+    actions = {action.dest: action for action in parser._actions if action.option_strings}
+    argv: List[str] = []
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions or dest == "config":
+            raise UserError(f"{source}: unknown option {key!r} (not an option of {parser.prog})")
+        argv += _option_argv(actions[dest], value, source)
+    return argv
+
+
+def _option_argv(action: argparse.Action, value: Any, source: str) -> List[str]:
+    flag = max(action.option_strings, key=len)
+    if action.nargs == 0:  # a switch: given when the value is the one it stores
+        if not isinstance(value, bool):
+            raise UserError(f"{source}: {flag}: must be true or false, not {value!r}")
+        return [flag] if value == action.const else []
+    if value is None:
+        none = getattr(getattr(action.type, "rule", None), "none", None)
+        if none is not None:
+            return [f"{flag}={none}"]
+        if action.default is None:
+            return []
+        raise UserError(f"{source}: {flag}: must be given a value, not null")
+    if isinstance(value, (list, tuple)):
+        return [flag, *map(str, value)]
+    return [f"{flag}={value}"]
 
 
 def _top_parser() -> argparse.ArgumentParser:
@@ -107,6 +168,19 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """A command's options: a ``--config`` file's values first, the typed options overriding
+    them, all checked (``settings.validate``) before any of them is used."""
+    argv = list(argv)
+    config = config_file(parser, argv)
+    if config is not None:
+        values = importlib.import_module("clgnet_fastmri.config").read_config(config)
+        argv = [*config_argv(parser, values, f"--config {config}"), *argv]
+    args = parser.parse_args(argv)
+    importlib.import_module("clgnet_fastmri.settings").validate(args, option_flags(parser))
+    return args
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -118,12 +192,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     name, rest = argv[0], argv[1:]
     parser = command_parser(name)
     module = importlib.import_module(COMMANDS[name][0])
-    settings = importlib.import_module("clgnet_fastmri.settings")
-    args = parser.parse_args(rest)
     try:
-        # Every command's values are checked here, before any of them is used.
-        settings.validate(args, _flags(parser))
-        return int(module.run(args) or 0)
+        return int(module.run(parse(parser, rest)) or 0)
     except UserError as exc:
         print(f"clgnet-fastmri {name}: error: {user_message(exc)}", file=sys.stderr)
         return 2

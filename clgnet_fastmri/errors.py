@@ -37,6 +37,16 @@ class DataError(UserError):
         super().__init__(message)
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``, to quote a library's error inside a message.
+
+    Only the first line: the rest of a long message (torch.load's advice on
+    ``weights_only``, a traceback a library appended) would bury the message it is quoted in.
+    """
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {' '.join(lines[0].split())}" if lines else type(exc).__name__
+
+
 def user_message(exc: UserError) -> str:
     """The error's message on one line, also when a DataLoader worker re-raised it."""
     text = str(exc).strip()

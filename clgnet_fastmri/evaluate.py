@@ -28,17 +28,15 @@ from fastmri.evaluate import METRIC_FUNCS
 from runstats import Statistics
 
 from .data.checks import (
-    ACQUISITIONS,
-    TARGET_KEYS,
     check_challenge,
     list_volumes,
     open_h5,
     require_dataset,
     submission_name,
 )
+from .data.fastmri_layout import ACQUISITIONS, CHALLENGES, TARGET_KEYS
 from .errors import DataError, UserError
-from .files import refuse_overlap
-from .files import write_json as write_json_file
+from .files import refuse_overlap, write_json
 from .metrics import banding_score
 
 MetricFunc = Callable[[np.ndarray, np.ndarray], float]
@@ -278,9 +276,9 @@ def format_comparison(rows: Mapping[str, Mapping[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: EvaluationResult, path: os.PathLike, **context) -> None:
+def write_result(result: EvaluationResult, path: os.PathLike, **context) -> None:
     """The results as strict JSON (every value finite: ``evaluate_folder`` makes sure)."""
-    write_json_file(path, {**context, **result.to_json()})
+    write_json(path, {**context, **result.to_json()})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -288,7 +286,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--predictions-path", type=Path, required=True, help="folder of reconstructions"
     )
-    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), required=True,
+    parser.add_argument("--challenge", choices=CHALLENGES, required=True,
                         help="which target to score against: reconstruction_esc (singlecoil) "
                         "or reconstruction_rss (multicoil)")
     parser.add_argument("--acceleration", type=int, default=None,
@@ -348,7 +346,7 @@ def run(args: argparse.Namespace) -> int:
     for name, why in result.skipped.items():
         print(f"skipped {name}: {why}")
     print(format_table(result))
-    write_json(
+    write_result(
         result,
         output,
         challenge=args.challenge,

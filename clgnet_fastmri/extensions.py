@@ -26,22 +26,31 @@ GROUP = "clgnet_fastmri.extensions"
 
 
 class TrainingExtension(Protocol):
-    """What ``clgnet-fastmri train`` asks of an extension."""
+    """What ``clgnet-fastmri train`` asks of an extension.
+
+    Its options are enabled by the switch ``--<name>``; ``settings`` reads the others once,
+    into the run's ``TrainConfig`` (``config.extension_args``), which is all the other methods
+    read.
+    """
 
     name: str
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
-        """Add the extension's options (one of them enables it)."""
+        """Add the extension's options (``--<name>`` enables it)."""
 
     def enabled(self, args: argparse.Namespace) -> bool:
         """Whether the parsed options ask for this extension."""
 
-    def train_transform(self, args: argparse.Namespace) -> Callable[..., Any]:
-        """The training transform class (``CLGNetDataTransform``'s arguments)."""
+    def settings(self, args: argparse.Namespace) -> Dict[str, Any]:
+        """The extension's settings (``{option: value}``) from the parsed options."""
 
-    def build_module(self, args: argparse.Namespace,
-                     module_kwargs: Mapping[str, Any]) -> pl.LightningModule:
-        """The module to train, from the options and ``CLGNetModule``'s arguments."""
+    def train_transform(self, config: Any) -> Callable[..., Any]:
+        """The training transform class (``CLGNetDataTransform``'s arguments) of a run
+        (``config.TrainConfig``)."""
+
+    def build_module(self, config: Any, module_kwargs: Mapping[str, Any]) -> pl.LightningModule:
+        """The module a run (``config.TrainConfig``) trains, from ``CLGNetModule``'s
+        arguments."""
 
 
 _registered: Dict[str, TrainingExtension] = {}
@@ -76,3 +85,12 @@ def enabled_extension(args: argparse.Namespace) -> Optional[TrainingExtension]:
         names = " and ".join(ext.name for ext in chosen)
         raise UserError(f"training extensions {names} cannot be combined; choose one")
     return chosen[0] if chosen else None
+
+
+def extension_named(name: str) -> TrainingExtension:
+    """The registered extension ``name`` (a run's ``config.extension``)."""
+    for extension in extensions():
+        if extension.name == name:
+            return extension
+    raise UserError(f"training extension {name!r} is not installed; install it or train "
+                    "without it")

@@ -14,8 +14,7 @@ from fastmri.evaluate import psnr, ssim
 
 from .data.checks import open_h5
 from .data.mri_data import CheckedSliceDataset
-from .errors import UserError
-from .files import atomic_output
+from .files import write_png
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -164,8 +163,7 @@ def save_figure(
 
     fig, titles = build_figure(views, model_name)
     try:
-        with atomic_output(path, verify=_check_png) as tmp:
-            fig.savefig(tmp, format="png", dpi=FIGURE_DPI)
+        write_png(path, fig, FIGURE_DPI)
     finally:
         plt.close(fig)
     return titles
@@ -173,17 +171,3 @@ def save_figure(
 
 #: Pixels per inch of the PNG: titles at 9 points stay legible at 100.
 FIGURE_DPI = 100
-
-
-_PNG_START = b"\x89PNG\r\n\x1a\n"
-_PNG_END = b"IEND\xaeB`\x82"
-
-
-def _check_png(path: Path) -> None:
-    """A PNG ends with its IEND chunk: a file cut short by a failed write does not."""
-    with open(path, "rb") as f:
-        start = f.read(len(_PNG_START))
-        f.seek(max(0, path.stat().st_size - len(_PNG_END)))
-        end = f.read()
-    if start != _PNG_START or end != _PNG_END:
-        raise UserError(f"{path}: the figure written is not a complete PNG; check the disk")

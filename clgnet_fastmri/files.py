@@ -4,6 +4,14 @@ Every output is written under a hidden temporary name in its final folder, flush
 with errors checked, verified where that is cheap, and only then renamed into place. A full
 disk (or any other failed write) ends with a ``UserError`` naming the path, and leaves no
 new file under a final name.
+
+One file: ``atomic_output`` is the writer every other one is built on: ``write_bytes``,
+``write_json``, ``write_png``, ``h5_output`` (built in memory) and ``h5_disk_output`` (written
+by libhdf5), ``write_volume`` (a reconstruction); checkpoints (``AtomicCheckpointIO``) use it
+directly. Folders: ``staged_swap`` writes new entries of a folder beside the old ones and
+swaps them in (``recover_swaps`` finishes or undoes a killed swap); ``staged_dataset_root``
+is it for the split folders of a dataset root. Before any work: ``ensure_writable_dir``,
+``check_output_file``, ``check_output_root``, ``refuse_overlap``.
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ def ensure_writable_dir(path: PathLike) -> Path:
         ) from None
     if not path.is_dir():
         raise UserError(f"{path}: exists and is not a folder; choose another output path")
-    if not os.access(path, os.W_OK | os.X_OK):
+    if not writable(path):
         raise UserError(
             f"{path}: the output folder is not writable; choose a folder you can write to"
         )
@@ -61,9 +69,23 @@ def check_output_file(path: PathLike, option: str) -> Path:
     if not path.parent.is_dir():
         raise UserError(f"{path}: the folder {path.parent} does not exist; create it or choose "
                         f"another {option}")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
+    if not writable(path.parent):
         raise UserError(f"{path}: cannot write in {path.parent}; choose another {option}")
     return path
+
+
+def writable(folder: PathLike) -> bool:
+    """Whether a file can be created in the existing ``folder``: tried, by creating and
+    removing an empty temporary file. ``os.access`` cannot tell: it reads permission bits,
+    which root passes everywhere, and knows nothing of read-only mounts, /proc or FUSE
+    folders that refuse what the bits allow."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", suffix=".partial", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(tmp)
+    return True
 
 
 def _current_umask() -> int:
@@ -181,6 +203,27 @@ def write_json(path: PathLike, obj: Any) -> None:
     """Write ``obj`` as strict JSON (NaN and Infinity refused, as strict parsers do)."""
     text = json.dumps(obj, indent=2, allow_nan=False) + "\n"
     write_bytes(path, text.encode())
+
+
+_PNG_START = b"\x89PNG\r\n\x1a\n"
+_PNG_END = b"IEND\xaeB`\x82"
+
+
+def write_png(path: PathLike, figure: Any, dpi: int) -> None:
+    """Write a matplotlib ``figure`` as a PNG at ``dpi``, atomically; a file that does not
+    start with the PNG signature and end with its IEND chunk (a write cut short) is refused."""
+    path = Path(path)
+
+    def check(tmp: Path) -> None:
+        with open(tmp, "rb") as f:
+            start = f.read(len(_PNG_START))
+            f.seek(max(0, tmp.stat().st_size - len(_PNG_END)))
+            end = f.read()
+        if start != _PNG_START or end != _PNG_END:
+            raise _unverified(path, "it is not a complete PNG")
+
+    with atomic_output(path, check) as tmp:
+        figure.savefig(tmp, format="png", dpi=dpi)
 
 
 @contextlib.contextmanager

@@ -8,36 +8,43 @@ plus a zip of exactly those files to upload. The whole submission (volumes and z
 written into a hidden staging folder beside the output, checked against the input folder,
 and only then swapped into place: an error, Ctrl-C or a full disk leaves no new file under a
 final name and any previous submission (``--overwrite``) and its zip as they were.
+
+The checkpoint's Lightning module runs under ``Trainer.predict`` (its ``predict_step``, the
+device and precision asked for); each volume is written as soon as its last slice is
+predicted, so one volume at a time is held in memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
-import os
+import signal
 import xml.etree.ElementTree as etree
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
+import pytorch_lightning as pl
 import torch
 from fastmri.data.mri_data import et_query
 from fastmri.data.subsample import MaskFunc, create_mask_for_mask_type
-from fastmri.data.transforms import VarNetSample, center_crop
-from torch import Tensor, nn
+from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import move_data_to_device
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoints import check_finite_weights, load_recorded
 from .data.checks import (
-    TARGET_KEYS,
     list_volumes,
     open_h5,
     submission_name,
     target_folder,
 )
+from .data.fastmri_layout import TARGET_KEYS
 from .data.mri_data import CheckedSliceDataset
 from .data.transforms import CLGNetDataTransform
 from .errors import DataError, UserError
@@ -47,12 +54,124 @@ from .files import (
     recover_swaps,
     refuse_overlap,
     staged_swap,
+    writable,
     write_volume,
 )
-from .pl_modules.bridge import check_pooling
+from .pl_modules.bridge import SlicePredictions, check_pooling, predict_images
 from .pl_modules.kinds import KINDS, ModelKind
+from .quiet import quiet_lightning
+from .settings import TRUE_PRECISIONS
 
 log = logging.getLogger(__name__)
+
+#: ``(file name, slices x H x W float32 volume)``.
+Volume = Tuple[str, np.ndarray]
+
+
+class VolumeAssembler:
+    """Stacks the slices of ``predict_step`` outputs into volumes, one volume at a time.
+
+    A dataset lists each file's slices in order, one file after another, and the loader does
+    not shuffle, so a volume is complete when the file name changes.
+    """
+
+    def __init__(self) -> None:
+        self.fname: Optional[str] = None
+        self.slices: Dict[int, np.ndarray] = {}
+
+    def add(self, prediction: SlicePredictions) -> List[Volume]:
+        """Take one batch's slices (on any device); return the volumes they completed."""
+        done = []
+        for fname, slice_num, image in zip(*prediction):
+            if fname != self.fname:
+                done.extend(self.finish())
+                self.fname = fname
+            self.slices[int(slice_num)] = image.cpu().numpy()
+        return done
+
+    def finish(self) -> List[Volume]:
+        """The volume of the last slices taken, if any (at the end of the data)."""
+        if self.fname is None:
+            return []
+        volume = np.stack([self.slices[k] for k in sorted(self.slices)]).astype(np.float32)
+        done = [(self.fname, volume)]
+        self.fname, self.slices = None, {}
+        return done
+
+
+class VolumeWriter(Callback):
+    """Hands each volume of a ``Trainer.predict`` run to ``write(file name, volume)`` as soon
+    as its last slice is predicted, so that only one volume is held in memory (the run keeps
+    no predictions: ``return_predictions=False``)."""
+
+    def __init__(self, write: Callable[[str, np.ndarray], None]):
+        self.write = write
+        self.volumes = VolumeAssembler()
+
+    def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                             outputs: SlicePredictions, batch: object, batch_idx: int,
+                             dataloader_idx: int = 0) -> None:
+        for fname, volume in self.volumes.add(outputs):
+            self.write(fname, volume)
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        for fname, volume in self.volumes.finish():
+            self.write(fname, volume)
+
+
+def predict_volumes(
+    module: pl.LightningModule,
+    dataset: CheckedSliceDataset,
+    write: Callable[[str, np.ndarray], None],
+    batch_size: int = 1,
+    num_workers: int = 0,
+    device: str = "cpu",
+    precision: str = "32",
+    progress: bool = True,
+) -> None:
+    """Run ``module.predict_step`` over ``dataset`` with ``Trainer.predict`` and call
+    ``write(file name, volume)`` for each volume as soon as it is complete.
+
+    ``device`` is a torch device string (cpu, cuda, cuda:N, mps), ``precision`` a key of
+    ``PRECISIONS``. An exception in ``write`` (or Ctrl-C) stops the run and propagates.
+    """
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
+    accelerator, devices = lightning_devices(device)
+    with quiet_lightning(info=False):
+        trainer = pl.Trainer(
+            accelerator=accelerator, devices=devices, precision=PRECISIONS[precision],
+            logger=False, enable_checkpointing=False, enable_model_summary=False,
+            enable_progress_bar=progress, callbacks=[VolumeWriter(write)],
+        )
+        with interrupts_raised():
+            trainer.predict(module, dataloaders=loader, return_predictions=False)
+
+
+def lightning_devices(device: str) -> Tuple[str, Union[int, List[int]]]:
+    """Lightning's ``(accelerator, devices)`` for one torch device (cpu, cuda, cuda:N, mps)."""
+    parsed = torch.device(device)
+    if parsed.type == "cuda":
+        return "gpu", [parsed.index or 0]
+    return parsed.type, 1
+
+
+@contextlib.contextmanager
+def interrupts_raised() -> Iterator[None]:
+    """Ctrl-C in a ``Trainer`` call raises ``KeyboardInterrupt``, as anywhere else.
+
+    Lightning answers it with ``sys.exit(1)`` and ignores SIGINT from then on (a graceful
+    stop for training); predict's staging and the command's message need the interrupt
+    itself, and the process its Ctrl-C.
+    """
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    except SystemExit as exc:
+        # Lightning calls sys.exit inside its ``except KeyboardInterrupt``.
+        if not isinstance(exc.__context__, KeyboardInterrupt):
+            raise
+        signal.signal(signal.SIGINT, handler)
+        raise exc.__context__ from None
 
 
 def reconstruct(
@@ -63,59 +182,39 @@ def reconstruct(
     device: str = "cpu",
     autocast_dtype: Optional[torch.dtype] = None,
     progress: bool = True,
-) -> Iterator[Tuple[str, np.ndarray]]:
-    """Yield ``(file name, volume)`` for each volume of ``dataset``, as soon as it is complete.
+) -> Iterator[Volume]:
+    """Yield ``(file name, volume)`` for each volume of ``dataset`` (``UnetSample``s) as soon
+    as it is complete, reconstructed by a plain float32 image network (``B x 1 x H x W`` in
+    and out; ``nn.Identity()`` gives the zero-filled input); one volume is held in memory.
 
-    The dataset lists each file's slices in order, one file after another, so a volume is
-    complete when the file name changes; only one volume is held in memory.
+    For networks outside a Lightning module, e.g. the zero-filled baseline of ``train --mode
+    test``; a checkpoint goes through ``predict_volumes``. Both compute the slices with
+    ``predict_images``, so their numbers agree.
     """
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, shuffle=False)
     model = model.to(device).eval()
-    current, slices = None, {}
-    with torch.inference_mode():
-        for batch in tqdm(loader, desc="reconstructing", unit="batch", disable=not progress):
-            with torch.autocast(device_type=torch.device(device).type, dtype=autocast_dtype,
-                                enabled=autocast_dtype is not None):
-                output = forward_batch(model, batch, device)
-            for fname, slice_num, image_out in zip(batch.fname, batch.slice_num, output):
-                if fname != current and current is not None:
-                    yield current, _stack(slices)
-                    slices = {}
-                current = fname
-                slices[int(slice_num)] = image_out.numpy()
-    if current is not None:
-        yield current, _stack(slices)
 
+    def network(image: torch.Tensor) -> torch.Tensor:
+        return model(image.unsqueeze(1)).squeeze(1)
 
-def forward_batch(model: nn.Module, batch: Union[tuple, VarNetSample], device: str
-                  ) -> Union[Tensor, Sequence[Tensor]]:
-    """The float32 CPU reconstructions (each H x W) of one batch.
-
-    ``UnetSample`` (CLGNet, U-Net, or ``nn.Identity`` for the zero-filled input): the
-    network's output on ``image``, denormalised. ``VarNetSample``: VarNet's output on the
-    masked k-space, cropped to the header's reconSpace size as fastmri's ``VarNetModule``
-    does (to the k-space width where that is narrower). Inputs take the dtype of the
-    network's weights, so a model converted to bfloat16/float16 runs as it is.
-    """
-    check_pooling(model, batch)
-    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    if isinstance(batch, VarNetSample):
-        output = model(batch.masked_kspace.to(device, dtype), batch.mask.to(device),
-                       batch.num_low_frequencies.to(device)).float().cpu()
-        crops = []
-        for index, image in enumerate(output):
-            size = (int(batch.crop_size[0][index]), int(batch.crop_size[1][index]))
-            if image.shape[-1] < size[1]:  # fastmri's FLAIR 203 case
-                size = (image.shape[-1], image.shape[-1])
-            crops.append(center_crop(image, size))
-        return crops
-    output = model(batch.image.to(device, dtype).unsqueeze(1)).squeeze(1).float().cpu()
-    return output * batch.std[:, None, None] + batch.mean[:, None, None]
+    volumes = VolumeAssembler()
+    for batch in tqdm(loader, desc="reconstructing", unit="batch", disable=not progress):
+        check_pooling(model, batch)
+        # Yielded outside these modes: a generator must not leave them on in its caller.
+        with torch.inference_mode(), torch.autocast(
+            device_type=torch.device(device).type, dtype=autocast_dtype,
+            enabled=autocast_dtype is not None,
+        ):
+            prediction = predict_images(network, move_data_to_device(batch, device))
+        yield from volumes.add(prediction)
+    yield from volumes.finish()
 
 
 def load_for_prediction(checkpoint: Path, challenge: str,
-                        allow_challenge_mismatch: bool = False) -> Tuple[ModelKind, nn.Module]:
-    """The model kind and network (eval mode, CPU) of a checkpoint, for ``challenge`` data.
+                        allow_challenge_mismatch: bool = False
+                        ) -> Tuple[ModelKind, pl.LightningModule]:
+    """The model kind and Lightning module (on the CPU) of a checkpoint, for ``challenge``
+    data.
 
     A checkpoint that records another challenge is refused unless
     ``allow_challenge_mismatch``; one without a record (an older CLGNet) is taken as is.
@@ -130,7 +229,7 @@ def load_for_prediction(checkpoint: Path, challenge: str,
     if trained is not None and trained != challenge and not allow_challenge_mismatch:
         raise UserError(f"{checkpoint}: trained on {trained} data, asked for {challenge}; pass "
                         f"--challenge {trained}, or --allow_challenge_mismatch to run it anyway")
-    return kind, getattr(module, kind.network).eval()
+    return kind, module
 
 
 def prediction_datasets(kind: ModelKind, data_path: Path, challenge: str,
@@ -145,10 +244,6 @@ def prediction_datasets(kind: ModelKind, data_path: Path, challenge: str,
         return dataset, dataset
     images = CLGNetDataTransform(challenge, mask_func, use_seed=True)
     return dataset, CheckedSliceDataset(data_path, challenge, transform=images)
-
-
-def _stack(slices: Dict[int, np.ndarray]) -> np.ndarray:
-    return np.stack([slices[k] for k in sorted(slices)]).astype(np.float32)
 
 
 def expected_shape(path: Path, challenge: str) -> Tuple[int, int, int]:
@@ -249,30 +344,25 @@ def predict(
     batch_size: int = 1,
     num_workers: int = 0,
     device: str = "cpu",
-    autocast_dtype: Optional[torch.dtype] = None,
+    precision: str = "32",
     progress: bool = True,
-    model_dtype: Optional[torch.dtype] = None,
     allow_challenge_mismatch: bool = False,
 ) -> Submission:
     """Reconstruct every volume of ``data_path`` into ``output`` and check the result.
 
     ``mask_func`` undersamples fully-sampled input (e.g. a val folder) with a per-volume
     seeded mask; leave it None for test/challenge folders, whose k-space is already masked.
-    ``model_dtype`` converts the network (pure bfloat16/float16), ``autocast_dtype`` runs it
-    under autocast instead.
+    ``device`` is cpu, cuda, cuda:N or mps; ``precision`` a key of ``PRECISIONS``.
     """
     output = check_output_name(output)
     zip_path = zip_path_of(output) if make_zip else None
     check_outputs(output, zip_path, figure, overwrite,
                   {"--data_path": data_path, "--target_path": target_path,
                    "--checkpoint": checkpoint})
-    kind, model = load_for_prediction(checkpoint, challenge, allow_challenge_mismatch)
-    if model_dtype is not None and kind.name == "varnet":
-        raise UserError(f"{checkpoint}: fastmri's VarNet runs its FFTs in the weights' dtype, "
-                        "which cannot be bfloat16/float16; use --precision bf16-mixed")
-    check_finite_weights(model.state_dict(), checkpoint)
-    if model_dtype is not None:
-        model = model.to(model_dtype)
+    kind, module = load_for_prediction(checkpoint, challenge, allow_challenge_mismatch)
+    if PRECISIONS[precision] in TRUE_PRECISIONS and kind.no_true_precision:
+        raise UserError(f"{checkpoint}: {kind.no_true_precision}; use --precision bf16-mixed")
+    check_finite_weights(module.state_dict(), checkpoint)
     dataset, image_dataset = prediction_datasets(kind, data_path, challenge, mask_func)
     # Found (and its entries checked) before anything is written: a bad target folder must
     # not fail the figure after the submission was swapped in.
@@ -282,9 +372,8 @@ def predict(
     with staged_swap(output.parent, swapped, staging_prefix(output), output) as staging:
         folder = staging / output.name
         folder.mkdir()
-        for fname, volume in reconstruct(
-            model, dataset, batch_size, num_workers, device, autocast_dtype, progress
-        ):
+
+        def write(fname: str, volume: np.ndarray) -> None:
             name = submission_name(fname, v2_names)
             if not np.isfinite(volume).all():
                 raise DataError(
@@ -293,6 +382,9 @@ def predict(
                     f"is the checkpoint {checkpoint} broken?",
                 )
             write_volume(folder / name, volume, shown=output / name)
+
+        predict_volumes(module, dataset, write, batch_size, num_workers, device, precision,
+                        progress)
         names = check_submission(folder, data_path, challenge, v2_names)
         if zip_path:
             write_zip(staging / zip_path.name, folder, names, shown=zip_path)
@@ -307,14 +399,15 @@ def predict(
     return Submission(names, zip_path, figure)
 
 
-#: ``--precision`` -> (autocast dtype, dtype the network is converted to).
+#: ``--precision`` -> Lightning's precision: ``*-mixed`` runs the network under autocast,
+#: ``*-true`` converts it (and its inputs) to bfloat16/float16.
 PRECISIONS = {
-    "32": (None, None),
-    "bf16": (torch.bfloat16, None),
-    "bf16-mixed": (torch.bfloat16, None),
-    "16-mixed": (torch.float16, None),
-    "bf16-true": (None, torch.bfloat16),
-    "16-true": (None, torch.float16),
+    "32": "32-true",
+    "bf16": "bf16-mixed",
+    "bf16-mixed": "bf16-mixed",
+    "16-mixed": "16-mixed",
+    "bf16-true": "bf16-true",
+    "16-true": "16-true",
 }
 
 
@@ -383,7 +476,7 @@ def check_outputs(
             f"{output}: cannot create the output folder ({exc.strerror}); "
             "choose a folder you can write to"
         ) from None
-    if not os.access(output.parent, os.W_OK | os.X_OK):
+    if not writable(output.parent):
         raise UserError(f"{output}: cannot write in {output.parent}; choose a folder you can "
                         "write to")
 
@@ -457,9 +550,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        autocast_dtype=PRECISIONS[args.precision][0],
+        precision=args.precision,
         progress=not args.quiet,
-        model_dtype=PRECISIONS[args.precision][1],
         allow_challenge_mismatch=args.allow_challenge_mismatch,
     )
     print(

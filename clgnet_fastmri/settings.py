@@ -2,14 +2,15 @@
 
 A setting's default and type live in one constructor signature (``CLGNetModule.__init__``);
 its allowed values and help live in a ``Rule`` beside it (``CLGNetModule.RULES``).
-``add_signature_arguments`` turns the two into argparse arguments, ``signature_kwargs`` reads
-them back from the parsed namespace, and ``check_hparams`` applies the same rules to the
-hyperparameters stored in a checkpoint before a network is built from them.
+``add_signature_arguments`` turns the two into argparse arguments (``add_model_arguments``
+for a command that trains several models), ``model_kwargs`` reads the chosen model's back,
+and ``check_hparams`` applies the same rules to the hyperparameters stored in a checkpoint
+before a network is built from them.
 
 Options shared by several commands (masks, batch size, trainer, device, ...) are checked by
 ``validate``, which ``clgnet-fastmri`` runs on every command's arguments after parsing and
-before any work. Every failure is a one-line ``SettingError`` naming the option and the
-allowed values.
+before any work (values from a ``--config`` file included: they are parsed as options). Every
+failure is a one-line ``SettingError`` naming the option and the allowed values.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import argparse
 import inspect
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Union, get_type_hints
@@ -27,7 +27,9 @@ import pywt
 import torch
 from pytorch_lightning.strategies import StrategyRegistry
 
+from .data.fastmri_layout import MASK_TYPES, MAX_ACCELERATION, MIN_ACCELERATION
 from .errors import UserError
+from .files import writable
 
 
 class SettingError(UserError):
@@ -37,10 +39,8 @@ class SettingError(UserError):
 #: ``Trainer(precision=...)`` values Lightning 2 accepts on the command line.
 PRECISIONS = ("16-true", "16-mixed", "bf16-true", "bf16-mixed", "32-true", "64-true",
               "transformer-engine", "transformer-engine-float16", "16", "32", "64", "bf16")
-#: fastmri's ``create_mask_for_mask_type`` names.
-MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
-#: Undersampling factors: 1 is no undersampling; beyond 64 a 320-line k-space keeps < 5 lines.
-MAX_ACCELERATION = 64
+#: Precisions that convert the model's weights (no float32 master copy).
+TRUE_PRECISIONS = ("bf16-true", "16-true")
 #: Cap on network widths read from arguments or checkpoints: a crafted value cannot make the
 #: loader allocate without bound (C = 1024 already means ~1e9 parameters).
 MAX_CHANS = 1024
@@ -273,19 +273,19 @@ def _model_default(rule: Rule, default: Any) -> Any:
     return default if rule.cli_default is inspect.Parameter.empty else rule.cli_default
 
 
-def model_kwargs(args: argparse.Namespace, models: Mapping[str, tuple]) -> Dict[str, Any]:
-    """The chosen ``--model``'s constructor arguments from options ``add_model_arguments``
-    added: the given values checked against its rules, the others at its defaults. An option
-    of another model only is refused (it would be ignored)."""
-    cls, rules = models[args.model]
+def model_kwargs(values: Mapping[str, Any], models: Mapping[str, tuple], model: str
+                 ) -> Dict[str, Any]:
+    """``model``'s constructor arguments from parsed options (``values``) that
+    ``add_model_arguments`` added: the given values checked against its rules, the others at
+    its defaults. An option of another model only is refused (it would be ignored)."""
+    cls, rules = models[model]
     settings = signature_settings(cls)
-    values = vars(args)
-    for model, (other, other_rules) in models.items():
+    for other_model, (other, other_rules) in models.items():
         for name in signature_settings(other):
             if name not in settings and values.get(name, UNSET) is not UNSET:
                 flag = other_rules[name].flag or f"--{name}"
-                raise SettingError(f"{flag}: an option of --model {model}, not of --model "
-                                   f"{args.model}; drop it or choose --model {model}")
+                raise SettingError(f"{flag}: an option of --model {other_model}, not of "
+                                   f"--model {model}; drop it or choose --model {other_model}")
     out = {}
     for name, (default, kind) in settings.items():
         value = values.get(name, UNSET)
@@ -295,11 +295,6 @@ def model_kwargs(args: argparse.Namespace, models: Mapping[str, tuple]) -> Dict[
             rules[name].check(rules[name].flag or f"--{name}", value, kind)
         out[name] = value
     return out
-
-
-def signature_kwargs(cls: type, args: argparse.Namespace) -> Dict[str, Any]:
-    """``cls.__init__``'s keyword arguments, read from a namespace by name."""
-    return {name: getattr(args, name) for name in signature_settings(cls)}
 
 
 def check_hparams(hparams: Mapping[str, Any], settings: Mapping[str, tuple],
@@ -326,8 +321,8 @@ _FRACTION = Rule(low=0, high=1, low_open=True)
 #: Rules of options several commands share, by argparse ``dest``; ``validate`` applies them
 #: to whichever of these a command has (list values element by element).
 SHARED: Dict[str, tuple] = {
-    "accelerations": (int, Rule(low=2, high=MAX_ACCELERATION)),
-    "acceleration": (int, Rule(low=2, high=MAX_ACCELERATION)),
+    "accelerations": (int, Rule(low=MIN_ACCELERATION, high=MAX_ACCELERATION)),
+    "acceleration": (int, Rule(low=MIN_ACCELERATION, high=MAX_ACCELERATION)),
     "center_fractions": (float, Rule(low=0, high=1, low_open=True, high_open=True)),
     "center_fraction": (float, Rule(low=0, high=1, low_open=True, high_open=True)),
     "mask_type": (str, Rule(choices=MASK_TYPES)),
@@ -386,8 +381,6 @@ def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
 
     ``flags`` maps each ``dest`` to the option as the user typed it (for the messages).
     Raises ``SettingError`` for the first value out of range or inconsistent with another.
-    fastmri's option names that stand for ours (``--gpus``, ``--resume_from_checkpoint``) are
-    translated into them here (``resolve_synonyms``).
     """
     values = vars(args)
     for dest, (kind, rule) in SHARED.items():
@@ -396,7 +389,7 @@ def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
             continue
         for item in value if isinstance(value, (list, tuple)) else [value]:
             rule.check(flags.get(dest, f"--{dest}"), item, kind)
-    resolve_synonyms(args)
+    resolve_synonyms(values)  # a contradicting synonym first: it explains the checks below
     check_layout_environment()
     accelerations, fractions = values.get("accelerations"), values.get("center_fractions")
     if accelerations is not None and fractions is not None and \
@@ -416,15 +409,16 @@ def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
         check_output_dir(flags.get("default_root_dir"), Path(values["default_root_dir"]))
 
 
-def resolve_synonyms(args: argparse.Namespace) -> None:
-    """Translate fastmri's (Lightning 1's) option names into ours, in place.
+def resolve_synonyms(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """The options that fastmri's (Lightning 1's) option names among ``values`` stand for.
 
     ``--gpus N`` is ``--accelerator gpu --devices N`` (``--gpus 0``: ``--accelerator cpu``);
     ``--resume_from_checkpoint PATH`` is ``--resume PATH`` for ``--mode train`` and
     ``--checkpoint PATH`` for ``--mode test/validate``. A synonym that contradicts the option
-    it stands for is refused (``--gpus 2 --devices 4``), never guessed.
+    it stands for is refused (``--gpus 2 --devices 4``), never guessed. Returns
+    ``{option: value}`` to use instead of the given ones (nothing when no synonym is given).
     """
-    values = vars(args)
+    out: Dict[str, Any] = {}
     gpus = values.get("gpus")
     if gpus is not None:
         accelerator, devices = values.get("accelerator", "auto"), values.get("devices", "auto")
@@ -438,9 +432,9 @@ def resolve_synonyms(args: argparse.Namespace) -> None:
         if gpus != 0 and _gpu_count() == 0:
             raise SettingError(f"--gpus {gpus}: no CUDA GPU on this machine; use --gpus 0 "
                                "(the CPU)")
-        args.accelerator = wanted if accelerator == "auto" else accelerator
+        out["accelerator"] = wanted if accelerator == "auto" else accelerator
         if gpus != 0:
-            args.devices = gpus
+            out["devices"] = gpus
     path = values.get("resume_from_checkpoint")
     if path is not None:
         if values.get("mode", "train") == "train":
@@ -448,10 +442,11 @@ def resolve_synonyms(args: argparse.Namespace) -> None:
             if resume == "last":
                 resume = Path(values["default_root_dir"]) / "checkpoints" / "last.ckpt"
             _same_file("--resume", resume, path)
-            args.resume = str(path)
+            out["resume"] = str(path)
         else:
             _same_file("--checkpoint", values.get("checkpoint"), path)
-            args.checkpoint = Path(path)
+            out["checkpoint"] = Path(path)
+    return out
 
 
 def _same_file(flag: str, given: Any, path: Any) -> None:
@@ -521,8 +516,6 @@ def check_output_dir(flag: Optional[str], path: Path) -> None:
         if existing.parent == existing:
             break
         existing = existing.parent
-    try:  # the one reliable test (access() does not know read-only mounts or /proc)
-        os.rmdir(tempfile.mkdtemp(prefix=".write-test-", dir=existing))
-    except OSError:
+    if not writable(existing):
         raise SettingError(f"{flag} {path}: {existing} is not a writable folder; give a folder "
-                           "you can write to") from None
+                           "you can write to")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -34,8 +35,9 @@ from banding import (
     reorient,
 )
 from banding.extension import EXTENSION
-from clgnet_fastmri import cli, extensions, train_clgnet_demo
-from clgnet_fastmri.checkpoints import load_clgnet
+from clgnet_fastmri import cli, extensions, train_clgnet_demo, training
+from clgnet_fastmri.checkpoints import load_clgnet, load_module
+from clgnet_fastmri.config import TrainConfig, resolve
 from clgnet_fastmri.data.synthetic import make_volume
 from clgnet_fastmri.data.transforms import CLGNetDataTransform
 from clgnet_fastmri.errors import UserError
@@ -325,7 +327,7 @@ def test_adversarial_fit_logs_finite_losses_and_checkpoint_loads(
     with torch.no_grad():
         torch.testing.assert_close(network(image.unsqueeze(1)).squeeze(1), model(image))
     # --mode test/validate load the network whether or not --banding is given again.
-    loaded = train_clgnet_demo.load_module(path)
+    loaded = load_module(path)
     torch.testing.assert_close(loaded.clgnet.state_dict(), model.clgnet.state_dict())
 
 
@@ -462,34 +464,31 @@ def test_unet_baseline_trains_with_the_adversary(knee_data, tmp_path, make_train
     }
 
 
-def _demo_args(*argv: str) -> argparse.Namespace:
-    """``clgnet-fastmri train``'s options, the model's defaults filled in as ``run`` does."""
+def _demo_config(*argv: str) -> TrainConfig:
+    """``clgnet-fastmri train``'s settings, resolved as ``run`` resolves them."""
     parser = argparse.ArgumentParser()
     train_clgnet_demo.add_arguments(parser)
-    args = parser.parse_args(argv)
-    train_clgnet_demo.resolve_model(args, demo=False)
-    return args
+    return resolve(parser.parse_args(argv))
 
 
 def test_demo_banding_option_builds_the_module_and_the_augmentation(knee_data, tiny, tiny_argv):
-    args = _demo_args(*tiny_argv, "--data_path", str(knee_data), "--banding",
-                      "--adversary_strength", "0.5", "--adversary_warmup_epochs", "3",
-                      "--crop_size", "24", "24")
-    model = train_clgnet_demo.build_module(args)
+    config = _demo_config(*tiny_argv, "--data_path", str(knee_data), "--banding",
+                          "--adversary_strength", "0.5", "--adversary_warmup_epochs", "3",
+                          "--crop_size", "24", "24")
+    model = training.build_module(config)
     assert isinstance(model, BandingCLGNetModule)
     assert (model.hparams.adversary_strength, model.hparams.adversary_warmup_epochs) == (0.5, 3)
     assert model.hparams.chans == 4
-    transform = train_clgnet_demo.build_data_module(args).train_transform
+    transform = training.build_data_module(config).train_transform
     assert isinstance(transform, RandomTranspose) and transform.crop_size == (24, 24)
 
-    plain = _demo_args(*tiny_argv, "--data_path", str(knee_data))
-    assert type(train_clgnet_demo.build_module(plain)) is CLGNetModule
-    assert type(train_clgnet_demo.build_data_module(plain).train_transform) is \
+    plain = _demo_config(*tiny_argv, "--data_path", str(knee_data))
+    assert type(training.build_module(plain)) is CLGNetModule
+    assert type(training.build_data_module(plain).train_transform) is \
         CLGNetDataTransform
 
-    args.crop_size = [32, 48]
     with pytest.raises(UserError, match="square"):
-        train_clgnet_demo.build_module(args)
+        training.build_module(dataclasses.replace(config, crop_size=(32, 48)))
     with pytest.raises(ValueError):
         BandingCLGNetModule(**tiny, adversary_strength=-1.0)
 

@@ -27,10 +27,10 @@ from fastmri.evaluate import evaluate
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 from clgnet_fastmri.data.transforms import CLGNetDataTransform
-from clgnet_fastmri.pl_modules.bridge import UnetModule, VarNetModule
+from clgnet_fastmri.pl_modules.bridge import BridgedUnetModule, BridgedVarNetModule
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule, cosine_factor
 from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
-from clgnet_fastmri.train_clgnet_demo import build_logger
+from clgnet_fastmri.training import build_logger
 
 
 def data_module(
@@ -72,7 +72,8 @@ def test_fit_validate_test_and_metrics_equal_fastmri_evaluate(
     knee_data, tmp_path, kind, make_trainer, tiny
 ):
     pl.seed_everything(0)
-    model = CLGNetModule(**tiny) if kind == "clgnet" else UnetModule(chans=4, num_pool_layers=2)
+    model = (CLGNetModule(**tiny) if kind == "clgnet"
+             else BridgedUnetModule(chans=4, num_pool_layers=2))
     dm = data_module(knee_data)
     run = make_trainer(tmp_path, logger=CSVLogger(tmp_path, name="logs"))
     run.fit(model, datamodule=dm)
@@ -113,7 +114,7 @@ def test_clgnet_logs_loss_parts(knee_data, tmp_path, make_trainer, tiny):
 
 
 def test_varnet_baseline_trains_through_bridge(multicoil_data, tmp_path, make_trainer):
-    model = VarNetModule(num_cascades=1, pools=2, chans=4, sens_pools=2, sens_chans=4)
+    model = BridgedVarNetModule(num_cascades=1, pools=2, chans=4, sens_pools=2, sens_chans=4)
     # fastmri's VarNet takes one slice per batch.
     dm = data_module(multicoil_data, "multicoil", transform=VarNetDataTransform, batch_size=1)
     run = make_trainer(tmp_path, logger=CSVLogger(tmp_path, name="logs"))

@@ -30,6 +30,8 @@ from clgnet_fastmri import cli
 from clgnet_fastmri import files as files_module
 from clgnet_fastmri.data import convert as convert_module
 from clgnet_fastmri.data.checks import check_volume
+from clgnet_fastmri.data.formats import Converted, Format
+from clgnet_fastmri.errors import UserError
 
 SPLITS = ("train", "val", "test")
 # Multi-channel test volumes have a few slices: keep them all (the default drops 50 per end).
@@ -1008,3 +1010,45 @@ def test_converted_nifti_trains_and_tests(nifti_source, tmp_path, monkeypatch):
     recons = sorted((root / "reconstructions").glob("*.h5"))
     assert [p.name for p in recons] == [p.name for p in files(data, "singlecoil_test")]
     assert (root / "metrics.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# Formats are a registry
+
+
+def test_a_new_format_is_a_module_and_a_registry_entry(tmp_path, capsys, monkeypatch):
+    """All convert needs of a format is its ``Format``: a toy one (stacks of magnitude images
+    in ``.img.npy`` files, with an option of its own) converts once registered in FORMATS."""
+    def toy_arguments(parser):
+        parser.add_argument("--toy-scale", type=float, default=1.0, help="toy: scale images")
+
+    def toy_options(args):
+        if args.toy_scale <= 0:
+            raise UserError(f"--toy-scale must be positive, not {args.toy_scale}")
+
+    def toy_check(source, args):
+        source.cols = np.load(source.path, mmap_mode="r").shape[-1]
+        return source
+
+    def toy_read(source, args, singlecoil, rng):
+        images = np.load(source.path) * np.float32(args.toy_scale)
+        slices = ((np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(image), norm="ortho"))
+                   .astype(np.complex64), image) for image in images)
+        return Converted(images.shape, (16.0, 16.0, 1.0), 1, slices)
+
+    toy = Format("toy", "magnitude stacks (.img.npy)", (".img.npy",), (1, 0, 0), "all train",
+                 toy_arguments, toy_options, toy_check, toy_read)
+    monkeypatch.setitem(convert_module.FORMATS, "toy", toy)
+    src, out = tmp_path / "src", tmp_path / "out"
+    src.mkdir()
+    images = np.random.default_rng(20).random((2, 16, 16), dtype=np.float32) + 0.1
+    np.save(src / "a.IMG.npy", images)
+    np.save(src / "b.npy", images)  # not the format's suffix: ignored
+    _fails(capsys, out, src, out, "--format", "toy", "--toy-scale", "0", expect="--toy-scale")
+    assert convert(src, out, "--format", "toy", "--toy-scale", "2") == 0
+    path = out / "singlecoil_train" / "a.h5"
+    assert [p.name for p in out.iterdir()] == ["singlecoil_train"]
+    assert check_volume(path, "singlecoil", need_target=True) == 2
+    data = read(path)
+    np.testing.assert_allclose(data["reconstruction_esc"], 2 * images)
+    np.testing.assert_allclose(image_of(data["kspace"]), 2 * images, atol=1e-5)

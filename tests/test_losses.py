@@ -1,4 +1,5 @@
-"""Contrastive loss and frozen VGG19 features (paper Sec. 3.3, DESIGN §2).
+"""Contrastive loss and frozen VGG19 features (paper Sec. 3.3; docs/design.md,
+*Contrastive loss*).
 
 Never touches the network: the ImageNet download is monkeypatched and TORCH_HOME points at
 a temporary folder wherever the torch-hub cache is involved.

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import zipfile
 from pathlib import Path
 
@@ -15,13 +16,25 @@ import pytest
 import torch
 from fastmri.data.subsample import RandomMaskFunc
 from fastmri.evaluate import evaluate as fastmri_evaluate
+from torch import nn
+from torch.utils.data import DataLoader
 
 from clgnet_fastmri import cli
-from clgnet_fastmri.checkpoints import load_clgnet
+from clgnet_fastmri.checkpoints import RECORD_KEY, load_clgnet, run_record
+from clgnet_fastmri.data.mri_data import CheckedSliceDataset
+from clgnet_fastmri.data.transforms import CLGNetDataTransform, KspaceTransform
 from clgnet_fastmri.errors import DataError, UserError
 from clgnet_fastmri.evaluate import evaluate_folder
+from clgnet_fastmri.pl_modules.bridge import BridgedUnetModule, BridgedVarNetModule
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
-from clgnet_fastmri.predict import check_submission, predict, submission_name
+from clgnet_fastmri.pl_modules.kinds import KINDS
+from clgnet_fastmri.predict import (
+    check_submission,
+    predict,
+    predict_volumes,
+    reconstruct,
+    submission_name,
+)
 
 TINY = dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None)
 
@@ -171,10 +184,13 @@ def test_interrupted_export_leaves_nothing_and_keeps_the_previous_one(
         real_write(path, volume, shown)
 
     monkeypatch.setattr(predict_module, "write_volume", write_then_die)
+    handler = signal.getsignal(signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         predict(checkpoint, knee_data / "singlecoil_test", out, progress=False)
     monkeypatch.undo()
     assert os.listdir(tmp_path) == []  # no folder, no zip, no staging or temporary file
+    # Lightning's own answer to Ctrl-C (exit, then ignore Ctrl-C) is undone.
+    assert signal.getsignal(signal.SIGINT) is handler
 
     predict(checkpoint, knee_data / "singlecoil_test", out, progress=False)
     before, zip_before = folder_bytes(out), out.with_suffix(".zip").read_bytes()
@@ -226,18 +242,112 @@ def test_failed_overwrite_keeps_the_previous_submission_and_zip(
 
     # Non-finite output from finite weights (here: the model's output made NaN) is refused
     # per volume, naming the input file, with the same guarantee.
-    import clgnet_fastmri.predict as predict_module
-
-    real = predict_module.reconstruct
-
-    def nan_volumes(*args, **kwargs):
-        for fname, volume in real(*args, **kwargs):
-            yield fname, volume * np.nan
-
-    monkeypatch.setattr(predict_module, "reconstruct", nan_volumes)
+    monkeypatch.setattr(CLGNetModule, "forward", lambda self, image: image * np.nan)
     with pytest.raises(DataError, match="reconstruction holds NaN or Inf"):
         predict(checkpoint, knee_data / "singlecoil_test", out, overwrite=True, progress=False)
     assert folder_bytes(out) == before and out.with_suffix(".zip").read_bytes() == zip_before
+
+
+def first_batch(folder: Path, challenge: str, transform, batch_size: int):
+    dataset = CheckedSliceDataset(folder, challenge, transform=transform)
+    return next(iter(DataLoader(dataset, batch_size=batch_size)))
+
+
+@pytest.mark.parametrize("module", [
+    CLGNetModule(**TINY), BridgedUnetModule(chans=4, num_pool_layers=2),
+], ids=["clgnet", "unet"])
+def test_image_predict_steps_give_what_the_test_steps_save(knee_data, module):
+    batch = first_batch(knee_data / "singlecoil_test", "singlecoil",
+                        CLGNetDataTransform("singlecoil"), batch_size=2)
+    with torch.inference_mode():
+        predicted = module.eval().predict_step(batch, 0)
+        tested = module.test_step(batch, 0)
+    assert predicted.fname == tested["fname"] == batch.fname
+    assert torch.equal(predicted.slice_num, tested["slice"])
+    np.testing.assert_array_equal(predicted.images.numpy(), tested["output"])
+
+
+def test_varnet_predict_step_gives_what_the_test_step_saves(multicoil_data):
+    torch.manual_seed(0)
+    module = BridgedVarNetModule(num_cascades=1, pools=2, chans=4, sens_pools=2,
+                                 sens_chans=4).eval()
+    # fastmri's VarNet takes one slice per batch.
+    batch = first_batch(multicoil_data / "multicoil_test", "multicoil", KspaceTransform(),
+                        batch_size=1)
+    with torch.inference_mode():
+        predicted = module.predict_step(batch, 0)
+        tested = module.test_step(batch, 0)
+    assert len(predicted.images) == 1 and predicted.images[0].shape == (32, 32)
+    np.testing.assert_array_equal(predicted.images[0].numpy(), tested["output"][0])
+
+
+def test_each_volume_is_written_before_the_next_is_predicted(knee_data, checkpoint,
+                                                             monkeypatch):
+    """One volume (and one batch) in memory at a time, whatever the test split's size."""
+    events = []
+    real = CLGNetModule.predict_step
+
+    def recording(self, batch, batch_idx, dataloader_idx=0):
+        events.append(("predicted", batch.fname[0]))
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(CLGNetModule, "predict_step", recording)
+    dataset = CheckedSliceDataset(knee_data / "singlecoil_test", "singlecoil",
+                                  transform=CLGNetDataTransform("singlecoil"))
+    volumes = {}
+
+    def write(fname, volume):
+        events.append(("written", fname))
+        volumes[fname] = volume
+
+    module = CLGNetModule(**TINY)
+    predict_volumes(module, dataset, write, progress=False)
+    first, second = sorted(volumes)
+    assert events == [("predicted", first)] * 3 + [("predicted", second), ("written", first)] \
+        + [("predicted", second)] * 2 + [("written", second)]
+    # The volumes of the Lightning run are those of the plain loop over the same network.
+    monkeypatch.undo()
+    assert {name: volume.shape for name, volume in volumes.items()} == {
+        first: (3, 32, 32), second: (3, 32, 32)}
+    for name, volume in reconstruct(module.clgnet, dataset, progress=False):
+        np.testing.assert_array_equal(volume, volumes[name])
+        assert volume.dtype == np.float32
+
+
+def test_zero_filled_reconstruction_is_the_denormalised_input(knee_data):
+    dataset = CheckedSliceDataset(knee_data / "singlecoil_test", "singlecoil",
+                                  transform=CLGNetDataTransform("singlecoil"))
+    expected = {}
+    for sample in map(dataset.__getitem__, range(len(dataset))):
+        expected.setdefault(sample.fname, []).append(sample.image * sample.std + sample.mean)
+    volumes = dict(reconstruct(nn.Identity(), dataset, progress=False))
+    assert volumes.keys() == expected.keys()
+    for name, volume in volumes.items():
+        np.testing.assert_array_equal(volume, torch.stack(expected[name]).numpy())
+
+
+def test_precisions_run_through_lightning(knee_data, checkpoint, tmp_path):
+    outputs = {}
+    for precision in ("32", "bf16-true", "bf16"):
+        out = tmp_path / precision
+        predict(checkpoint, knee_data / "singlecoil_test", out, precision=precision,
+                make_zip=False, progress=False)
+        with h5py.File(out / "file_knee_test_0000.h5") as hf:
+            outputs[precision] = hf["reconstruction"][()]
+    scale = np.abs(outputs["32"]).max()
+    for precision in ("bf16-true", "bf16"):
+        assert outputs[precision].dtype == np.float32
+        assert not np.array_equal(outputs[precision], outputs["32"])  # it did run in bfloat16
+        np.testing.assert_allclose(outputs[precision], outputs["32"], atol=0.05 * scale)
+
+    varnet = BridgedVarNetModule(num_cascades=1, pools=2, chans=4, sens_pools=2, sens_chans=4)
+    path = tmp_path / "varnet.ckpt"
+    torch.save({"state_dict": varnet.state_dict(), "hyper_parameters": dict(varnet.hparams),
+                RECORD_KEY: run_record(KINDS["varnet"], "multicoil")}, path)
+    with pytest.raises(UserError, match="VarNet runs its FFTs in the weights' dtype"):
+        predict(path, knee_data / "singlecoil_test", tmp_path / "v", challenge="multicoil",
+                precision="16-true", progress=False)
+    assert not (tmp_path / "v").exists()
 
 
 def test_v2_names_and_masked_fully_sampled_input(knee_data, checkpoint, tmp_path):

@@ -433,6 +433,29 @@ def test_a_file_that_does_not_read_back_as_written_is_refused(tmp_path, monkeypa
     assert os.listdir(tmp_path) == []
 
 
+
+def test_a_png_cut_short_is_refused(tmp_path):
+    """A PNG ends with its IEND chunk: one written without it is not renamed into place."""
+    class CutShort:
+        def savefig(self, path, format, dpi):
+            Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+
+    with pytest.raises(UserError, match="f.png: the file written does not read back"):
+        files.write_png(tmp_path / "f.png", CutShort(), 100)
+    assert os.listdir(tmp_path) == []
+
+
+def test_writability_is_tried_not_asked(tmp_path, monkeypatch):
+    """``os.access`` reads permission bits (root passes them everywhere); /proc refuses new
+    files whatever they say. The probe file is removed again."""
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
+    with pytest.raises(UserError, match="/proc: the output folder is not writable"):
+        files.ensure_writable_dir("/proc")
+    with pytest.raises(UserError, match="cannot write in /proc; choose another --json"):
+        files.check_output_file("/proc/m.json", "--json")
+    assert files.ensure_writable_dir(tmp_path) == tmp_path and os.listdir(tmp_path) == []
+
+
 # --- Nothing a user has is lost: outputs that overlap inputs ---------------------------------
 
 

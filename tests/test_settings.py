@@ -317,3 +317,77 @@ def test_help_states_the_allowed_values_validate_enforces():
     assert checked > 20
     chans = dict((a.dest, a) for c, a in OPTIONS if c == "train")["chans"]
     assert shown_help(chans).count("an integer in [1, 1024]") == 3  # CLGNet, U-Net, VarNet
+
+
+# -- a run's configuration: config.yaml, --config, both spellings -----------------------------
+
+
+def train_config(*argv: str):
+    from clgnet_fastmri import cli
+    from clgnet_fastmri.config import resolve
+
+    return resolve(cli.parse(cli.command_parser("train"), argv))
+
+
+ROUND_TRIP = ["--crop_size", "24", "24", "--no_negatives", "--wavelet", "none",
+              "--vgg_weights", "random", "--accelerations", "4", "8", "--center_fractions",
+              "0.08", "0.04", "--max_epochs", "3", "--gpus", "0"]
+
+
+def test_config_file_reproduces_the_resolved_config(tmp_path):
+    from clgnet_fastmri.config import write_config
+
+    config = train_config("--data_path", str(tmp_path), "--default_root_dir",
+                          str(tmp_path / "run"), *ROUND_TRIP)
+    assert (config.accelerator, config.crop_size, config.model_args["wavelet"]) == \
+        ("cpu", (24, 24), None)
+    tmp_path.joinpath("run").mkdir()
+    path = write_config(config, tmp_path / "run")
+    assert train_config("--config", str(path)) == config
+    # Typed options override the file's, in either spelling.
+    again = train_config("--config", str(path), "--batch-size", "3", "--chans", "6")
+    assert (again.batch_size, again.model_args["chans"]) == (3, 6)
+    assert again.model_args["wavelet"] is None and again.accelerations == (4, 8)
+
+
+def test_every_option_takes_both_spellings(tmp_path):
+    from clgnet_fastmri import cli
+
+    config = train_config("--data-path", str(tmp_path), "--skip-bad-files",
+                          "--center-fractions", "0.1", "--num_sfrir=2")
+    assert config.skip_bad_files and config.center_fractions == (0.1,)
+    assert config.model_args["num_sfrir"] == 2
+    convert = cli.command_parser("convert")
+    args = convert.parse_args(["in", "out", "--format", "nifti", "--skip_bad_files",
+                               "--center_fractions", "0.1", "0.05"])
+    assert args.skip_bad_files and args.center_fractions == [0.1, 0.05]
+    # Help shows the one spelling each option is defined with.
+    assert "--skip-bad-files" in convert.format_help()
+    assert "--skip_bad_files" not in convert.format_help()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("values, argv", [
+    ("batch_size: 0\n", ["--batch_size", "0"]),
+    ("chans: 0\n", ["--chans", "0"]),
+    ("mask_type: spiral\n", ["--mask_type", "spiral"]),
+    ("center-fractions: [1.5]\n", ["--center_fractions", "1.5"]),
+])
+def test_a_bad_config_value_is_the_same_line_as_the_option(values, argv, tmp_path,
+                                                           refused_train):
+    path = tmp_path / "config.yaml"
+    path.write_text(values)
+    assert refused_train(["--config", str(path)]) == refused_train(argv)
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("text, words", [
+    ("nosuch: 1\n", ["unknown option 'nosuch'"]),
+    ("- a list\n", ["not a configuration"]),
+    ("config: other.yaml\n", ["unknown option 'config'"]),
+])
+def test_a_config_file_that_is_not_one_is_one_line(text, words, tmp_path, refused_train):
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    line = refused_train(["--config", str(path)])
+    assert all(word in line for word in words), line

@@ -548,6 +548,21 @@ BAD_ARGS = [
 ]
 
 
+def test_make_data_takes_the_accelerations_the_other_commands_take(tmp_path):
+    """One limit, ``fastmri_layout.MAX_ACCELERATION`` (64; make-data had its own 32): a test
+    volume wide enough for a centre line at 64x is masked at 64x, 65x is refused."""
+    summary = S.make_dataset(tmp_path / "data", size=96, num_slices=1, splits={"test": 1},
+                             accelerations=[64], progress=False)
+    with h5py.File(summary.files["test"][0], "r") as hf:
+        assert int(hf.attrs["acceleration"]) == 64
+        mask = hf["mask"][()]
+    # RandomMaskFunc keeps the centre lines (0.32 / 64 of the columns) and 1/64 in all.
+    assert 1 <= mask.sum() <= 2 + len(mask) // 32
+    with pytest.raises(UserError, match="between 2 and 64, not 65"):
+        S.make_dataset(tmp_path / "other", size=96, num_slices=1, splits={"test": 1},
+                       accelerations=[65], progress=False)
+
+
 @pytest.mark.reliability
 @pytest.mark.parametrize("extra", BAD_ARGS, ids=[" ".join(a) for a in BAD_ARGS])
 def test_cli_rejects_bad_input_before_writing(tmp_path, capsys, extra):
@@ -601,7 +616,7 @@ def test_failure_leaves_nothing_half_written(tmp_path, monkeypatch, exc):
     out.mkdir()
     (out / "keep.txt").write_text("keep")
     calls = []
-    real = S._write_volume
+    real = S.write_raw_volume
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -609,7 +624,7 @@ def test_failure_leaves_nothing_half_written(tmp_path, monkeypatch, exc):
             raise exc
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(S, "_write_volume", failing)
+    monkeypatch.setattr(S, "write_raw_volume", failing)
     with pytest.raises(type(exc)):
         S.make_dataset(out, size=32, num_slices=1, splits={"train": 3}, overwrite=True,
                        progress=False)

@@ -17,6 +17,7 @@ import torch
 
 from clgnet_fastmri import cli
 from clgnet_fastmri.checkpoints import RECORD_KEY
+from clgnet_fastmri.config import resolve
 
 pytestmark = pytest.mark.slow
 
@@ -27,13 +28,17 @@ def train(tiny_argv):
 
 
 def test_train_then_test_writes_reconstructions_metrics_and_figure(
-    knee_data, tmp_path, capsys, train
+    knee_data, tmp_path, capsys, train, tiny_argv
 ):
     root = tmp_path / "run"
     common = ["--data_path", str(knee_data), "--default_root_dir", str(root)]
     assert train(*common, "--max_epochs", "2") == 0
     checkpoints = sorted(p.name for p in (root / "checkpoints").iterdir())
     assert "last.ckpt" in checkpoints and any(n.startswith("best-") for n in checkpoints)
+    # The run's resolved settings, saved; --config repeats them exactly.
+    parser = cli.command_parser("train")
+    saved = resolve(cli.parse(parser, ["--config", str(root / "config.yaml")]))
+    assert saved == resolve(cli.parse(parser, [*tiny_argv, *common, "--max_epochs", "2"]))
 
     assert train(*common, "--mode", "test") == 0
     out = capsys.readouterr().out

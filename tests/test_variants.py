@@ -19,10 +19,12 @@ def n_params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-@pytest.mark.parametrize("name, paper", [("sa", 0.88e6), ("tran", 0.95e6)])
-def test_parameter_counts_match_the_paper_table_4(name, paper):
+@pytest.mark.parametrize("name, exact, paper", [("sa", 886_977, 0.88e6),
+                                                 ("tran", 950_529, 0.95e6)])
+def test_parameter_counts_match_the_paper_table_4(name, exact, paper):
     count = n_params(build_network(name))
-    assert abs(count / paper - 1) < 0.02
+    assert count == exact
+    assert abs(count / paper - 1) < 0.01  # the paper's table rounds to 10 k
     # Global information costs parameters on top of CLGNet_non (paper 0.81 M).
     assert count > n_params(build_network("no-sfl"))
 

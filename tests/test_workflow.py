@@ -16,11 +16,11 @@ from fastmri.pl_modules import VarNetModule as FastMriVarNetModule
 
 from clgnet_fastmri import cli
 from clgnet_fastmri.checkpoints import RECORD_KEY, load_recorded, run_record
-from clgnet_fastmri.pl_modules.bridge import UnetModule
+from clgnet_fastmri.config import add_arguments, resolve
+from clgnet_fastmri.pl_modules.bridge import BridgedUnetModule
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
 from clgnet_fastmri.pl_modules.kinds import KINDS
-from clgnet_fastmri.settings import resolve_synonyms, signature_defaults
-from clgnet_fastmri.train_clgnet_demo import add_arguments, module_kwargs, resolve_model
+from clgnet_fastmri.settings import signature_defaults
 
 COMMON = ["--num_workers", "0", "--no_progress_bar", "--logger", "csv"]
 TINY = {
@@ -40,25 +40,22 @@ def parse_train(*argv: str) -> argparse.Namespace:
 
 
 def test_each_model_gets_fastmri_demo_defaults():
-    varnet = parse_train("--model", "varnet", "--data_path", "data")
-    resolve_model(varnet, demo=False)
+    varnet = resolve(parse_train("--model", "varnet", "--data_path", "data"))
     # train_varnet_demo.py: multicoil, equispaced_fraction masks, batch 1, 8 cascades, Adam 1e-3
     assert (varnet.challenge, varnet.mask_type, varnet.batch_size, varnet.max_epochs) == \
         ("multicoil", "equispaced_fraction", 1, 50)
-    assert module_kwargs(varnet) == {**signature_defaults(FastMriVarNetModule),
-                                     "num_cascades": 8, "lr": 1e-3}
-    unet = parse_train("--model", "unet", "--data_path", "data")
-    resolve_model(unet, demo=False)
+    assert varnet.model_args == {**signature_defaults(FastMriVarNetModule),
+                                 "num_cascades": 8, "lr": 1e-3}
+    unet = resolve(parse_train("--model", "unet", "--data_path", "data"))
     # train_unet_demo.py: random masks, batch 1, and UnetModule's signature (32 chans, 4 pools)
     assert (unet.challenge, unet.mask_type, unet.batch_size) == ("singlecoil", "random", 1)
-    assert module_kwargs(unet) == signature_defaults(UnetModule)
-    assert module_kwargs(unet)["chans"] == 32  # not fastmri's add_model_specific_args' 1
-    clgnet = parse_train("--data_path", "data", "--vgg_weights", "random")
-    resolve_model(clgnet, demo=False)
+    assert unet.model_args == signature_defaults(BridgedUnetModule)
+    assert unet.model_args["chans"] == 32  # not fastmri's add_model_specific_args' 1
+    clgnet = resolve(parse_train("--data_path", "data", "--vgg_weights", "random"))
     assert clgnet.batch_size == 10
-    assert module_kwargs(clgnet) == {**signature_defaults(CLGNetModule), "vgg_weights": None}
+    assert clgnet.model_args == {**signature_defaults(CLGNetModule), "vgg_weights": None}
     # A shared name (--chans) takes the chosen model's meaning.
-    assert module_kwargs(parse_train("--model", "varnet", "--chans", "6"))["chans"] == 6
+    assert resolve(parse_train("--model", "varnet", "--chans", "6")).model_args["chans"] == 6
 
 
 @pytest.mark.parametrize("argv, demo, alpha, bn_batches, batch_size", [
@@ -70,12 +67,10 @@ def test_each_model_gets_fastmri_demo_defaults():
 ])
 def test_demo_and_data_defaults_fill_only_unset_options(argv, demo, alpha, bn_batches,
                                                         batch_size):
-    args = parse_train(*argv)
-    resolve_model(args, demo=demo)
-    kwargs = module_kwargs(args)
-    assert kwargs.get("alpha") == alpha
-    assert kwargs.get("bn_stats_batches") == bn_batches
-    assert args.batch_size == batch_size
+    config = resolve(parse_train(*argv, *([] if demo else ["--data_path", "data"])))
+    assert config.model_args.get("alpha") == alpha
+    assert config.model_args.get("bn_stats_batches") == bn_batches
+    assert config.batch_size == batch_size
 
 
 @pytest.mark.reliability
@@ -99,12 +94,10 @@ def test_bad_model_options_and_conflicting_synonyms_are_refused(argv, words, ref
 
 
 def test_synonyms_translate_to_our_options():
-    args = parse_train("--gpus", "0", "--resume_from_checkpoint", "x.ckpt")
-    resolve_synonyms(args)
-    assert (args.accelerator, args.devices, args.resume) == ("cpu", "auto", "x.ckpt")
-    test = parse_train("--mode", "test", "--resume_from_checkpoint", "x.ckpt",
-                       "--checkpoint", "./x.ckpt")  # the same file twice is no conflict
-    resolve_synonyms(test)
+    config = resolve(parse_train("--gpus", "0", "--resume_from_checkpoint", "x.ckpt"))
+    assert (config.accelerator, config.devices, config.resume) == ("cpu", "auto", "x.ckpt")
+    test = resolve(parse_train("--mode", "test", "--resume_from_checkpoint", "x.ckpt",
+                               "--checkpoint", "./x.ckpt"))  # the same file twice: no conflict
     assert test.checkpoint == Path("x.ckpt")
 
 
@@ -193,7 +186,7 @@ def test_resume_from_checkpoint_continues_at_the_saved_step(unet_run, knee_data,
 
 @pytest.mark.reliability
 def test_resume_or_test_with_another_kind_is_refused(tmp_path, run_cli):
-    path = save_checkpoint(UnetModule(chans=4, num_pool_layers=2), "unet", "singlecoil",
+    path = save_checkpoint(BridgedUnetModule(chans=4, num_pool_layers=2), "unet", "singlecoil",
                            tmp_path / "u.ckpt")
     code, lines = run_cli(["train", "--data_path", str(tmp_path), "--mode", "test",
                            "--default_root_dir", str(tmp_path / "run"),
@@ -215,7 +208,7 @@ def save_checkpoint(module, model: str, challenge, path: Path) -> Path:
 @pytest.mark.reliability
 def test_predict_refuses_the_other_challenge_unless_told(multicoil_data, tmp_path, run_cli):
     torch.manual_seed(0)
-    path = save_checkpoint(UnetModule(chans=4, num_pool_layers=2), "unet", "singlecoil",
+    path = save_checkpoint(BridgedUnetModule(chans=4, num_pool_layers=2), "unet", "singlecoil",
                            tmp_path / "sc.ckpt")
     argv = ["predict", "--checkpoint", str(path), "--data_path",
             str(multicoil_data / "multicoil_test"), "--challenge", "multicoil", "--quiet"]
@@ -296,7 +289,7 @@ def test_clgnet_bf16_true_trains_and_predicts_on_cpu(knee_data, tmp_path):
 
 
 def test_a_new_run_never_reuses_a_folder_that_holds_a_run(tmp_path, capsys):
-    from clgnet_fastmri.train_clgnet_demo import run_folder
+    from clgnet_fastmri.training import run_folder
 
     root = tmp_path / "demo"
     assert run_folder(root, None) == root  # nothing there yet
@@ -314,13 +307,13 @@ def test_a_new_run_never_reuses_a_folder_that_holds_a_run(tmp_path, capsys):
 @pytest.mark.parametrize("cpus, load, threads", [(2, 0.1, 2), (2, 1.2, 1), (2, 2.8, 1),
                                                  (16, 4.0, 12), (16, 0.0, 16)])
 def test_threads_are_the_cpus_other_work_leaves(cpus, load, threads):
-    from clgnet_fastmri.train_clgnet_demo import free_cpus
+    from clgnet_fastmri.training import free_cpus
 
     assert free_cpus(cpus, load) == threads
 
 
 def test_thread_choice_respects_the_user(monkeypatch, capsys):
-    from clgnet_fastmri.train_clgnet_demo import choose_threads
+    from clgnet_fastmri.training import choose_threads
 
     before = torch.get_num_threads()
     try:
@@ -341,7 +334,7 @@ def test_lightning_noise_is_hidden_only_inside_our_runs(caplog):
 
     from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-    from clgnet_fastmri.train_clgnet_demo import quiet_lightning
+    from clgnet_fastmri.quiet import quiet_lightning
 
     def noise():
         warnings.warn("Found 1 module(s) in eval mode at the start of training.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import HelpFormatter
-from ..train_clgnet_demo import quiet_lightning
+from ..quiet import quiet_lightning
 from . import curves, quality, speed
 
 _SUBCOMMANDS = {

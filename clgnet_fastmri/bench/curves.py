@@ -52,18 +52,17 @@ from fastmri.data.subsample import RandomMaskFunc
 from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
 
-from .. import train_clgnet_demo as demo
 from ..checkpoints import AtomicCheckpointIO
+from ..data.fastmri_layout import ANATOMIES
 from ..data.transforms import CLGNetDataTransform
 from ..errors import UserError
-from ..files import atomic_output, ensure_writable_dir
+from ..files import ensure_writable_dir, write_json, write_png
 from ..models.registry import UNET, VARIANTS
 from ..pl_modules.data_module import CLGNetDataModule
-from .quality import _train_args as quality_train_args
-from .quality import add_training_arguments, build_module, parse_spec, run_name
+from ..training import build_module, cached_dataset
+from .quality import add_training_arguments, parse_spec, run_config, run_name
 
 DEFAULT_MODELS = ("unet", "clgnet", "no-cl", "no-sfl")
-ANATOMIES = ("knee", "brain")
 #: The built-in learning-curve sets (see the module doc).
 CURVE_DATA = dict(size=128, num_slices=8, splits={"train": 24, "val": 4})
 #: From this image size on, the built-in set validates on 2 volumes instead of 4.
@@ -190,7 +189,7 @@ def _may_continue(run: Dict[str, Any], args: argparse.Namespace) -> bool:
 def curve_dataset(anatomy: str, challenge: str, size: int = CURVE_DATA["size"]) -> Path:
     """The built-in learning-curve set of ``anatomy``, generated once into the cache."""
     splits = dict(CURVE_DATA["splits"], val=2) if size >= LARGE_SIZE else CURVE_DATA["splits"]
-    return demo.cached_dataset(dict(CURVE_DATA, anatomy=anatomy, size=size, splits=splits),
+    return cached_dataset(dict(CURVE_DATA, anatomy=anatomy, size=size, splits=splits),
                                challenge)
 
 
@@ -225,8 +224,7 @@ def _cpu_name() -> str:
 
 
 def _save(report: Dict[str, Any], path: Path, out: Path, clock: str) -> None:
-    with atomic_output(path) as tmp:
-        tmp.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
+    write_json(path, report)
     if any(r.get("points") for r in report["runs"].values()):
         plot_curves(report["runs"], out / "curves.png", clock, title=str(out))
 
@@ -329,8 +327,7 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
         batch_size=args.batch_size, num_workers=0,
     )
     quality_args = argparse.Namespace(**vars(args), num_workers=0)
-    module = build_module(name, {"num_log_images": 0, **overrides},
-                          quality_train_args(quality_args, data_path))
+    module = build_module(run_config(name, overrides, data_path, quality_args, root))
     resume = root / "last.ckpt"
 
     def record() -> Dict[str, Any]:
@@ -485,6 +482,5 @@ def plot_curves(runs: Dict[str, Dict[str, Any]], path: Path, clock: str = "cpu",
     by_time.legend(loc="lower right")
     fig.suptitle(title)
     fig.tight_layout()
-    with atomic_output(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    write_png(path, fig, dpi=100)
     plt.close(fig)

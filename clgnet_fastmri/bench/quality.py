@@ -38,20 +38,19 @@ from typing import Any, Dict, List, Sequence, Tuple
 import pytorch_lightning as pl
 import torch
 
-from .. import train_clgnet_demo as demo
+from ..config import TrainConfig, parse_config
 from ..data.checks import target_folder
+from ..data.fastmri_layout import CHALLENGES
 from ..errors import UserError
 from ..evaluate import evaluate_folder
 from ..files import atomic_output, ensure_writable_dir
-from ..models.registry import UNET, UNET_KWARGS, VARIANTS, count_parameters
-from ..pl_modules.bridge import UnetModule
-from ..pl_modules.clgnet_module import CLGNetModule
+from ..models.registry import VARIANTS, count_parameters
+from ..pl_modules.kinds import KINDS, ModelKind
 from ..settings import Rule, signature_settings
+from ..training import build_data_module, build_module, cached_dataset
 
 QUALITY_DATA = dict(anatomy="knee", size=128, num_slices=8,
                     splits={"train": 8, "val": 2, "test": 2})
-# fastmri's train_unet_demo.py optimiser settings for its U-Net.
-UNET_OPTIM = dict(lr=1e-3, lr_step_size=40, lr_gamma=0.1, weight_decay=0.0)
 DEFAULT_MODELS = ("unet", "clgnet", "no-wavelet", "no-sfl", "no-cl", "no-negative", "sa",
                   "tran")
 TABLES = (
@@ -88,7 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The data, mask, batch, loss-weights, precision and seed options of the benchmarks that
     train (``quality``, ``curves``)."""
-    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil",
+    parser.add_argument("--challenge", choices=CHALLENGES, default="singlecoil",
                         help="which fastMRI files the data holds")
     parser.add_argument("--acceleration", type=int, default=4, help="undersampling factor")
     parser.add_argument("--center-fraction", type=float, default=0.08,
@@ -107,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
     specs = [parse_spec(text) for text in args.models]
     if args.threads:
         torch.set_num_threads(args.threads)
-    data_path = args.data_path or demo.cached_dataset(QUALITY_DATA, args.challenge)
+    data_path = args.data_path or cached_dataset(QUALITY_DATA, args.challenge)
     ensure_writable_dir(args.output_dir)
     results = []
     for name, overrides in specs:
@@ -138,7 +137,7 @@ def parse_spec(text: str) -> Tuple[str, Dict[str, Any]]:
     if name not in VARIANTS:
         raise UserError(f"--models {text}: unknown model {name!r}; choose from "
                         f"{', '.join(VARIANTS)}")
-    module_class = _module_class(name)
+    module_class = variant_kind(name).module
     settings = signature_settings(module_class)
     rules = getattr(module_class, "RULES", {})
     overrides = {}
@@ -157,8 +156,9 @@ def parse_spec(text: str) -> Tuple[str, Dict[str, Any]]:
     return name, overrides
 
 
-def _module_class(name: str) -> type:
-    return UnetModule if VARIANTS[name].model == UNET else CLGNetModule
+def variant_kind(name: str) -> ModelKind:
+    """The model kind that trains variant ``name`` (its registered network's)."""
+    return KINDS[VARIANTS[name].model]
 
 
 def run_name(name: str, overrides: Dict[str, Any]) -> str:
@@ -168,11 +168,11 @@ def run_name(name: str, overrides: Dict[str, Any]) -> str:
 def train_and_score(name: str, overrides: Dict[str, Any], data_path: Path,
                     args: argparse.Namespace) -> Dict[str, Any]:
     """Train one model for the budget, reconstruct the scoring split, score it."""
-    train_args = _train_args(args, data_path)
-    pl.seed_everything(args.seed, workers=True)
-    data = demo.build_data_module(train_args)
-    module = build_module(name, overrides, train_args)
     root = args.output_dir / run_name(name, overrides)
+    config = run_config(name, overrides, data_path, args, root)
+    pl.seed_everything(args.seed, workers=True)
+    data = build_data_module(config)
+    module = build_module(config)
     recons = root / "reconstructions"
     if recons.exists():
         shutil.rmtree(recons)
@@ -195,38 +195,28 @@ def train_and_score(name: str, overrides: Dict[str, Any], data_path: Path,
     result = evaluate_folder(targets, recons, args.challenge)
     return {
         "run": run_name(name, overrides), "model": name, "label": VARIANTS[name].label,
-        "overrides": overrides, "params": count_parameters(_network(module)),
+        "overrides": overrides, "params": count_parameters(getattr(module, config.kind.network)),
         "steps": trainer.global_step, "train_s": seconds,
         "s_per_step": seconds / max(trainer.global_step, 1),
         "num_volumes": len(result.volumes), "mean": result.means(), "stddev": result.stddevs(),
     }
 
 
-def _train_args(args: argparse.Namespace, data_path: Path) -> argparse.Namespace:
-    """``clgnet-fastmri train``'s defaults with this benchmark's data, mask and loader."""
-    train_args = demo.default_args()
-    vars(train_args).update(
-        data_path=data_path, challenge=args.challenge, accelerations=[args.acceleration],
-        center_fractions=[args.center_fraction], batch_size=args.batch_size,
-        num_workers=args.num_workers, seed=args.seed,
-        vgg_weights=None if args.vgg_weights == "random" else args.vgg_weights,
-        test_split="val",
-    )
-    return train_args
-
-
-def build_module(name: str, overrides: Dict[str, Any],
-                 train_args: argparse.Namespace) -> pl.LightningModule:
-    if name == UNET:
-        return UnetModule(**{**UNET_KWARGS, **UNET_OPTIM, **overrides})
-    # A wall-clock budget has no known step count for the cosine schedule.
-    vars(train_args).update(lr_schedule="constant", num_log_images=0)
-    vars(train_args).update({**VARIANTS[name].kwargs, **overrides})
-    return CLGNetModule(**demo.module_kwargs(train_args))
-
-
-def _network(module: pl.LightningModule) -> torch.nn.Module:
-    return module.unet if isinstance(module, UnetModule) else module.clgnet
+def run_config(name: str, overrides: Dict[str, Any], data_path: Path,
+               args: argparse.Namespace, root: Path) -> TrainConfig:
+    """The training settings of one benchmarked model: ``clgnet-fastmri train``'s defaults
+    with this benchmark's data, mask, loader, precision and seed, the kind's settings for a
+    wall-clock budget (``ModelKind.timed_run_args``), the variant's arguments and
+    ``overrides``, checked as the command checks them."""
+    kind = variant_kind(name)
+    return parse_config({
+        "data_path": data_path, "challenge": args.challenge,
+        "accelerations": [args.acceleration], "center_fractions": [args.center_fraction],
+        "batch_size": args.batch_size, "num_workers": args.num_workers, "seed": args.seed,
+        "precision": args.precision, "test_split": "val", "default_root_dir": root,
+        "model": kind.name, **({"vgg_weights": args.vgg_weights} if kind.contrastive else {}),
+        **kind.timed_run_args, **VARIANTS[name].kwargs, **overrides,
+    })
 
 
 def _summary(result: Dict[str, Any]) -> str:

@@ -1,5 +1,18 @@
+"""Calgary-Campinas (CC-359) raw k-space, for ``clgnet-fastmri convert --format cc359-raw``.
+
+Files are ``.h5`` (``kspace`` dataset) or ``.npy`` arrays ``(slices, rows, cols, 2 x coils)``:
+the 12-channel ``.h5`` release centred in ky/kz, the single-channel ``.npy`` release
+uncentred, each volume's centring checked on its data (``--centred`` / ``--uncentred`` to
+state it). Written as ``multicoil`` files (``reconstruction_rss``); with ``--singlecoil``, or
+when every source has one coil (the single-channel release), as ``singlecoil`` files
+(``reconstruction_esc``) of the first virtual coil of a per-volume SVD coil compression.
+``--drop-end-slices N`` drops the outer, nearly empty slices (default: DIRECT's 50 at each end
+for multi-channel volumes, none for single-channel ones).
+"""
+
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 from pathlib import Path
@@ -10,7 +23,8 @@ import h5py
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, UserError, one_line
+from .formats import Converted, Format, Slices, Source
 from .synthetic import MAX_COILS, MAX_SIZE, MAX_SLICES
 
 SUFFIXES = (".h5", ".npy")
@@ -21,6 +35,11 @@ LAYOUT_RATIO = 4.0
 _LAYOUT = ("CC-359 raw k-space is a real array (slices, rows, cols, 2 x coils), real and "
            "imaginary parts interleaved on the last axis")
 _REDOWNLOAD = "re-download it or move it out of the folder"
+# CC-359's T1 scans have 1 mm voxels; the raw files do not say, the header wants a FOV.
+VOXEL_MM = 1.0
+# DIRECT's CC-359 loader drops the 50 outer, nearly empty slices at each end of a
+# 12-channel volume; the single-channel release (the paper's) keeps all.
+DROP_END_SLICES = 50
 
 
 @contextlib.contextmanager
@@ -32,7 +51,7 @@ def open_raw(path: Union[str, os.PathLike]) -> Iterator[np.ndarray]:
         try:
             data = np.load(path, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise DataError(path, f"not a readable .npy array ({' '.join(str(exc).split())})",
+            raise DataError(path, f"not a readable .npy array ({one_line(exc)})",
                             _REDOWNLOAD) from None
         if not isinstance(data, np.ndarray):  # np.load opens a zip archive whatever its name
             data.close()
@@ -189,3 +208,81 @@ def probe(path: Union[str, os.PathLike],
         layout = decide_layout(path, found_layout(raw, path),
                                release_layout(path, channels // 2), override)
     return (slices, channels // 2, rows, cols), layout
+
+
+# ---------------------------------------------------------------------------------------------
+# The format, for convert
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    none = "%(default).0s"  # see synthetic.add_arguments
+    layout = parser.add_mutually_exclusive_group()
+    for name in LAYOUTS:
+        layout.add_argument(f"--{name}", dest="layout", action="store_const", const=name,
+                            help=f"cc359-raw: the k-space is {name} (default: found from the "
+                                 "data, which must agree with the file's release: 12-channel "
+                                 ".h5 centred, single-channel .npy uncentred)" + none)
+    parser.add_argument("--drop-end-slices", type=int, default=None, metavar="N",
+                        help="cc359-raw: drop N slices at each end of every volume (default: "
+                             f"{DROP_END_SLICES} for multi-channel volumes, as DIRECT's loader; "
+                             "0 for single-channel ones, as the paper)" + none)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    if args.drop_end_slices is not None and args.drop_end_slices < 0:
+        raise UserError(f"--drop-end-slices must be 0 or more, not {args.drop_end_slices}")
+
+
+def check(source: Source, args: argparse.Namespace) -> Source:
+    """The source's shape and centring (``probe``) and the slices kept: ``found`` is
+    ``((first, stop), layout)``."""
+    (slices, coils, _, cols), layout = probe(source.path, args.layout)
+    drop = args.drop_end_slices
+    if drop is None:
+        drop = DROP_END_SLICES if coils > 1 else 0
+    if slices <= 2 * drop:
+        raise DataError(source.path, f"has {slices} slices, none left after dropping {drop} "
+                                     "at each end", "pass a smaller --drop-end-slices")
+    source.coils, source.cols, source.found = coils, cols, ((drop, slices - drop), layout)
+    return source
+
+
+def read(source: Source, args: argparse.Namespace, singlecoil: bool,
+         rng: np.random.Generator) -> Converted:
+    """A checked volume as centred k-space and RSS (or emulated single-coil) targets."""
+    _, coils, rows, cols = shape_of(source.path)
+    (first, stop), _ = source.found
+    fov = (rows * VOXEL_MM, cols * VOXEL_MM, VOXEL_MM)
+    shape = (stop - first, rows, cols) if singlecoil else (stop - first, coils, rows, cols)
+    return Converted(shape, fov, coils, _slices(source, singlecoil))
+
+
+def _slices(source: Source, singlecoil: bool) -> Slices:
+    path, ((first, stop), layout) = source.path, source.found
+    indices = range(first, stop)
+    with open_raw(path) as raw:
+        weights = None
+        if singlecoil:
+            coils = raw.shape[-1] // 2
+            covariance = np.zeros((coils, coils), dtype=np.complex128)
+            for k in indices:
+                flat = coil_kspace(raw, k, path).reshape(coils, -1)
+                covariance += flat @ flat.conj().T
+            weights = compression_vector(covariance).conj()
+        for k in indices:
+            kspace = coil_kspace(raw, k, path)
+            if weights is not None:
+                kspace = np.tensordot(weights, kspace, axes=1)
+            with np.errstate(over="ignore"):  # convert names values beyond float32
+                kspace = fastmri_kspace(kspace, layout).astype(np.complex64)
+            yield kspace, target(kspace)
+
+
+FORMAT = Format(
+    name="cc359-raw",
+    help="Calgary-Campinas raw k-space (.h5 or .npy, slices x rows x cols x 2*coils)",
+    suffixes=SUFFIXES,
+    # CC-359's single-channel release: 25 training, 10 validation, 10 test subjects.
+    default_split=(25 / 45, 10 / 45, 10 / 45),
+    split_help="25/45 10/45 10/45, i.e. the paper's 25/10/10 of 45",
+    add_arguments=add_arguments, check_options=check_options, check=check, read=read)

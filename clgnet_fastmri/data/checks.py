@@ -20,11 +20,7 @@ import numpy as np
 from fastmri.data.mri_data import et_query
 
 from ..errors import DataError
-
-CHALLENGES = ("singlecoil", "multicoil")
-# fastMRI's acquisition attributes: what convert writes and evaluate filters on.
-ACQUISITIONS = ("CORPD_FBK", "CORPDFS_FBK", "AXT1", "AXT1PRE", "AXT1POST", "AXT2", "AXFLAIR")
-TARGET_KEYS = {"singlecoil": "reconstruction_esc", "multicoil": "reconstruction_rss"}
+from .fastmri_layout import CHALLENGES, TARGET_KEYS
 
 # The header fields fastmri.data.SliceDataset reads, as et_query paths.
 HEADER_FIELDS = [

@@ -1,19 +1,10 @@
 """Real data in the fastMRI layout: ``clgnet-fastmri convert SOURCE OUT --format FORMAT``.
 
-Formats (the readers, and the choices they make, are documented in their modules):
-
-``cc359-raw`` (``cc359.py``)
-    Calgary-Campinas raw k-space, ``.h5`` (``kspace`` dataset) or ``.npy``, ``(slices, rows,
-    cols, 2 x coils)``: the 12-channel ``.h5`` release centred in ky/kz, the single-channel
-    ``.npy`` release uncentred, each volume's centring checked on its data (``--centred`` /
-    ``--uncentred`` to state it). Written as ``multicoil`` files (``reconstruction_rss``);
-    with ``--singlecoil``, or when every source has one coil (the single-channel release),
-    as ``singlecoil`` files (``reconstruction_esc``). ``--drop-end-slices N`` drops the
-    outer, nearly empty slices (default: DIRECT's 50 at each end for multi-channel volumes,
-    none for single-channel ones).
-``nifti`` (``nifti.py``)
-    3-D magnitude volumes (``.nii``, ``.nii.gz``), one slice per fastMRI slice; written as
-    ``singlecoil`` files whose target is the image.
+Formats (``FORMATS``; each is one module, where its reader and the choices it makes are
+documented): ``cc359-raw`` (``cc359.py``), Calgary-Campinas raw k-space, written as
+``multicoil`` files (``reconstruction_rss``) or, with ``--singlecoil`` or single-channel
+sources, ``singlecoil`` files (``reconstruction_esc``); ``nifti`` (``nifti.py``), 3-D magnitude
+volumes, written as ``singlecoil`` files whose target is the image.
 
 Every file under SOURCE (searched recursively, links followed) is accounted for: a volume
 when it has the format's suffix, else listed as ignored in the summary; an entry that cannot
@@ -27,9 +18,9 @@ split): one subject's volumes all go to one split. A split the options ask for t
 with no volume is an error. The test split is masked like the fastMRI challenge set
 (``mask``, ``acceleration``, ``num_low_frequency``, no target), with fastmri's mask
 functions and one (centre fraction, acceleration) pair drawn per volume; its targets go to
-``{challenge}_test_gt``. All files carry a minimal ISMRMRD header (``header.py``) and the
-attributes ``acquisition`` (one of fastMRI's, as ``evaluate --acquisition``), ``max``,
-``norm`` (of the volume's target) and ``patient_id`` (the subject).
+``{challenge}_test_gt``. Every file (``fastmri_layout.write_raw_volume``) carries a minimal
+ISMRMRD header and the attributes ``acquisition`` (one of fastMRI's, as ``evaluate
+--acquisition``), ``max``, ``norm`` (of the volume's target) and ``patient_id`` (the subject).
 
 Output is atomic: everything is written into a hidden staging folder in OUT and the split
 folders are moved into place at the end, so an error, Ctrl-C or kill leaves OUT as it was
@@ -51,49 +42,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
-import fastmri
 import numpy as np
-import torch
-from fastmri.data.subsample import create_mask_for_mask_type
 from tqdm import tqdm
 
 from ..errors import DataError, UserError
-from ..files import check_output_root, h5_disk_output, h5_output, staged_dataset_root
+from ..files import check_output_root, staged_dataset_root
 from . import cc359, nifti
-from .checks import ACQUISITIONS, entry_problem
-from .header import ismrmrd_header
-from .synthetic import MAX_SIZE, center_fraction
+from .checks import entry_problem
+from .fastmri_layout import (
+    ACQUISITIONS,
+    CHALLENGES,
+    MASK_TYPES,
+    SPLITS,
+    MaskSpec,
+    SampledMask,
+    Scan,
+    center_fraction,
+    ismrmrd_header,
+    write_raw_volume,
+)
+from .formats import Converted, Format, Slices, Source
 
-FORMATS = ("cc359-raw", "nifti")
-SPLITS = ("train", "val", "test")
-# CC-359's single-channel release: 25 training, 10 validation, 10 test subjects (the paper's).
-DEFAULT_SPLIT = {"cc359-raw": (25 / 45, 10 / 45, 10 / 45), "nifti": (0.6, 0.2, 0.2)}
-MASK_TYPES = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction")
-# CC-359's T1 scans have 1 mm voxels; the raw files do not say, the header wants a FOV.
-CC359_VOXEL_MM = 1.0
-# DIRECT's CC-359 loader drops the 50 outer, nearly empty slices at each end of a
-# 12-channel volume; the single-channel release (the paper's) keeps all.
-DROP_END_SLICES = 50
+#: The source formats, by ``--format`` name: a new format is a module and a line here.
+FORMATS: Dict[str, Format] = {f.name: f for f in (cc359.FORMAT, nifti.FORMAT)}
 _STAGING_PREFIX = ".convert-"
-
-Slices = Iterator[Tuple[np.ndarray, np.ndarray]]
 
 
 # ---------------------------------------------------------------------------------------------
 # Sources, subjects and splits
-
-
-@dataclass
-class Source:
-    """One source volume: ``name`` is its output file name without ``.h5``."""
-
-    path: Path
-    name: str
-    subject: str
-    coils: int = 1
-    cols: int = 0  # k-space columns (what the test masks sample)
-    slices: Tuple[int, int] = (0, 0)  # cc359-raw: the range of source slices converted
-    layout: str = ""  # cc359-raw: "centred" or "uncentred"
 
 
 @dataclass
@@ -105,7 +81,7 @@ class Found:
     bad: List[DataError] = field(default_factory=list)
 
 
-_SPLIT_FOLDER = re.compile(r"^(singlecoil|multicoil)_(train|val|test)(_gt)?$")
+_SPLIT_FOLDER = re.compile(rf"^({'|'.join(CHALLENGES)})_({'|'.join(SPLITS)})(_gt)?$")
 
 
 def check_paths(source: Path, out: Path) -> None:
@@ -132,7 +108,7 @@ def check_paths(source: Path, out: Path) -> None:
                         "give the folder of the original CC-359 or NIfTI files")
 
 
-def find_sources(root: Path, fmt: str, exclude: Optional[Path] = None) -> Found:
+def find_sources(root: Path, fmt: Format, exclude: Optional[Path] = None) -> Found:
     """Every entry under ``root`` (recursive, links followed once, hidden entries and
     ``exclude`` left out), sorted into the format's volumes, other files and bad entries."""
     found = Found()
@@ -141,7 +117,7 @@ def find_sources(root: Path, fmt: str, exclude: Optional[Path] = None) -> Found:
         if problem:
             found.bad.append(DataError(path, problem, "make it readable, remove it, or leave "
                                                       "it out with --skip-bad-files"))
-        elif nifti.is_nifti(path) if fmt == "nifti" else path.suffix.lower() in cc359.SUFFIXES:
+        elif fmt.suffix_of(path):
             found.volumes.append(path)
         else:
             found.ignored.append(path)
@@ -260,140 +236,41 @@ def _volume_rng(seed: int, name: str) -> np.random.Generator:
 
 
 # ---------------------------------------------------------------------------------------------
-# Converters: one source volume -> header facts and (kspace, target) per slice
-
-
-@dataclass
-class Converted:
-    kspace_shape: Tuple[int, ...]  # (slices, [coils,] rows, cols)
-    fov_mm: Tuple[float, float, float]
-    coils: int
-    slices: Slices
-    clipped: int = 0  # negative voxels clipped to zero (NIfTI)
-
-
-def convert_cc359(source: Source, singlecoil: bool) -> Converted:
-    """A CC-359 raw volume (its slice range and centring found by ``_scan``) as centred
-    k-space and RSS (or emulated single-coil) targets."""
-    _, coils, rows, cols = cc359.shape_of(source.path)
-    first, stop = source.slices
-    fov = (rows * CC359_VOXEL_MM, cols * CC359_VOXEL_MM, CC359_VOXEL_MM)
-    shape = (stop - first, rows, cols) if singlecoil else (stop - first, coils, rows, cols)
-    return Converted(shape, fov, coils, _cc359_slices(source, singlecoil))
-
-
-def _cc359_slices(source: Source, singlecoil: bool) -> Slices:
-    path, indices = source.path, range(*source.slices)
-    with cc359.open_raw(path) as raw:
-        weights = None
-        if singlecoil:
-            coils = raw.shape[-1] // 2
-            covariance = np.zeros((coils, coils), dtype=np.complex128)
-            for k in indices:
-                flat = cc359.coil_kspace(raw, k, path).reshape(coils, -1)
-                covariance += flat @ flat.conj().T
-            weights = cc359.compression_vector(covariance).conj()
-        for k in indices:
-            kspace = cc359.coil_kspace(raw, k, path)
-            if weights is not None:
-                kspace = np.tensordot(weights, kspace, axes=1)
-            with np.errstate(over="ignore"):  # write_volume names values beyond float32
-                kspace = cc359.fastmri_kspace(kspace, source.layout).astype(np.complex64)
-            yield kspace, cc359.target(kspace)
-
-
-def convert_nifti(path: Path, axis: str, size: int, keep_empty: bool,
-                  phase_rng: Optional[np.random.Generator]) -> Converted:
-    """A NIfTI volume as ``fft2c`` k-space (with a smooth phase if ``phase_rng``) and the
-    image as target."""
-    images, (row_mm, col_mm, slice_mm), clipped = nifti.read_slices(path, axis, size,
-                                                                     keep_empty)
-    phase = None
-    if phase_rng is not None:
-        phase = np.exp(1j * nifti.smooth_phase(size, phase_rng)).astype(np.complex64)
-    return Converted(images.shape, (row_mm * size, col_mm * size, slice_mm), 1,
-                     _nifti_slices(images, phase), clipped)
-
-
-def _nifti_slices(images: np.ndarray, phase: Optional[np.ndarray]) -> Slices:
-    for image in images:
-        x = image.astype(np.complex64) if phase is None else image * phase
-        kspace = fastmri.fft2c(torch.view_as_real(torch.from_numpy(x)))
-        yield torch.view_as_complex(kspace).numpy(), image
-
-
-# ---------------------------------------------------------------------------------------------
 # Writing
 
 
-@dataclass
-class MaskSpec:
-    mask_type: str
-    center_fractions: Tuple[float, ...]
-    accelerations: Tuple[int, ...]
-
-    def check(self, cols: int, path: Path) -> None:
-        """Refuse masks that would sample no centre line of ``cols`` columns."""
-        for cf, acc in zip(self.center_fractions, self.accelerations):
-            if round(cols * cf) < 1 or cols / acc < 1:
-                raise UserError(f"{path}: its {cols} k-space columns are too few for "
-                                f"{acc}x with centre fraction {cf:g}; use lower "
-                                "--accelerations or larger --center-fractions")
-
-    def sample(self, cols: int, rng: np.random.Generator) -> Tuple[np.ndarray, int, int]:
-        """``(mask (cols,) bool, acceleration, num_low_frequency)`` for one test volume."""
-        i = int(rng.integers(len(self.accelerations)))
-        acc = self.accelerations[i]
-        mask_func = create_mask_for_mask_type(self.mask_type, [self.center_fractions[i]], [acc])
-        mask, num_low = mask_func((1, cols, 1), seed=int(rng.integers(2**32 - 1)))
-        return mask.numpy().reshape(cols) > 0, acc, int(num_low)
-
-
 def write_volume(converted: Converted, path: Path, challenge: str, acquisition: str,
-                 subject: str, test: Optional[Tuple[MaskSpec, np.random.Generator]] = None,
+                 subject: str, test: Optional[SampledMask] = None,
                  gt_path: Optional[Path] = None, source: Optional[Path] = None) -> int:
     """Write one converted volume (a test file and its ``_test_gt`` twin when ``test`` is
     given), slice by slice; return its slice count. Values that are not finite in float32
     or a volume without signal are refused, naming ``source`` (default ``path``)."""
-    key = "reconstruction_esc" if challenge == "singlecoil" else "reconstruction_rss"
     shape = converted.kspace_shape
-    header = ismrmrd_header(shape[-2], shape[-1], converted.fov_mm, shape[0], converted.coils,
-                            f"{acquisition} (clgnet-fastmri convert)")
-    attrs = {"acquisition": acquisition, "patient_id": subject}
-    mask = None
-    if test is not None:
-        spec, rng = test
-        mask, acc, num_low = spec.sample(shape[-1], rng)
-        attrs.update(acceleration=acc, num_low_frequency=num_low)
-    # k-space goes to disk slice by slice: memory stays about one target volume.
-    size = int(np.prod(shape)) * 8 + shape[0] * shape[-2] * shape[-1] * 4 + len(header)
-    with h5_disk_output(path, size) as hf:
-        hf.create_dataset("ismrmrd_header", data=header)
-        kspace = hf.create_dataset("kspace", shape=shape, dtype=np.complex64)
-        targets = []
-        for k, (ks, tg) in enumerate(converted.slices):
-            if not (np.isfinite(ks).all() and np.isfinite(tg).all()):
-                raise DataError(source or path, f"slice {k} exceeds the float32 range once "
-                                                "converted", "rescale the source volume")
-            kspace[k] = ks if mask is None else ks * mask
-            targets.append(tg)
-        target = np.stack(targets)
-        if not target.any():
-            raise DataError(source or path, "is all zero (no signal in any slice)",
-                            "check the file, or leave it out with --skip-bad-files")
-        stats = {"max": float(target.max()),
-                 "norm": float(np.linalg.norm(target.astype(np.float64)))}
-        if mask is None:
-            hf.create_dataset(key, data=target)
-            attrs.update(stats)
-        else:
-            hf.create_dataset("mask", data=mask)
-        hf.attrs.update(attrs)
-    if mask is not None:
-        with h5_output(gt_path) as gt:
-            gt.create_dataset(key, data=target)
-            gt.attrs.update({**attrs, **stats})
+    rows, cols = shape[-2:]
+    # Every column counts as acquired: samples a source lacks (partial Fourier) are zeros
+    # in the file, not padding.
+    header = ismrmrd_header((rows, cols), (rows, cols), (0, cols), Scan(
+        converted.fov_mm, shape[0], converted.coils, f"{acquisition} (clgnet-fastmri convert)"))
+    target = write_raw_volume(path, challenge, header, shape,
+                              _checked(converted.slices, source or path),
+                              {"acquisition": acquisition, "patient_id": subject}, test,
+                              gt_path)
     return len(target)
+
+
+def _checked(slices: Slices, source: Path) -> Slices:
+    """``slices``, raising (so that nothing is written) at a value beyond float32 or, after
+    the last slice, when no slice has signal."""
+    signal = False
+    for k, (kspace, target) in enumerate(slices):
+        if not (np.isfinite(kspace).all() and np.isfinite(target).all()):
+            raise DataError(source, f"slice {k} exceeds the float32 range once converted",
+                            "rescale the source volume")
+        signal = signal or bool(target.any())
+        yield kspace, target
+    if not signal:
+        raise DataError(source, "is all zero (no signal in any slice)",
+                        "check the file, or leave it out with --skip-bad-files")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -449,18 +326,15 @@ def _count(n: int, noun: str, width: int = 4) -> str:
 
 
 def _check_options(args: argparse.Namespace) -> Tuple[Tuple[float, ...], MaskSpec]:
-    split = tuple(args.split) if args.split else DEFAULT_SPLIT[args.format]
+    split = tuple(args.split) if args.split else FORMATS[args.format].default_split
     if len(split) != 3 or not all(math.isfinite(s) for s in split) or min(split) < 0 \
             or sum(split) <= 0:
         raise UserError(f"--split takes three finite non-negative numbers (train val test), "
                         f"not {' '.join(map(str, split))}")
-    if args.size < 16 or args.size % 2 or args.size > MAX_SIZE:
-        raise UserError(f"--size must be an even number from 16 to {MAX_SIZE}, not "
-                        f"{args.size}")
+    for fmt in FORMATS.values():  # every format's options are parsed, and refused if bad
+        fmt.check_options(args)
     if args.seed < 0:
         raise UserError(f"--seed must be 0 or more, not {args.seed}")
-    if args.drop_end_slices is not None and args.drop_end_slices < 0:
-        raise UserError(f"--drop-end-slices must be 0 or more, not {args.drop_end_slices}")
     # Ranges and matching lengths are checked by the CLI's shared settings.validate.
     accs = tuple(args.accelerations)
     cfs = tuple(args.center_fractions) if args.center_fractions else tuple(
@@ -475,47 +349,33 @@ def _check_options(args: argparse.Namespace) -> Tuple[Tuple[float, ...], MaskSpe
 
 def _found_sources(args: argparse.Namespace, out: Path, skipped: List[str]) -> Found:
     """``find_sources``, its unreadable entries raised (or listed in ``skipped``)."""
-    found = find_sources(args.source, args.format, exclude=out)
+    fmt = FORMATS[args.format]
+    found = find_sources(args.source, fmt, exclude=out)
     if found.bad and not args.skip_bad_files:
         raise found.bad[0]
     skipped.extend(str(exc) for exc in found.bad)
     if not found.volumes:
-        kinds = nifti.SUFFIXES if args.format == "nifti" else cc359.SUFFIXES
         others = f"; it has {len(found.ignored)} other files" if found.ignored else ""
-        raise DataError(args.source, f"holds no {args.format} volumes (no "
-                                     f"{' or '.join(kinds)} files{others})",
+        raise DataError(args.source, f"holds no {fmt.name} volumes (no "
+                                     f"{' or '.join(fmt.suffixes)} files{others})",
                         "check the path and --format")
     return found
-
-
-def _source(args: argparse.Namespace, path: Path, name: str) -> Source:
-    """One source, its header checked."""
-    subject = subject_of(path, name, args.subject_pattern)
-    if args.format == "nifti":
-        nifti.check_size(path, nifti.open_volume(path), args.axis, args.size)
-        return Source(path, name, subject, 1, args.size)
-    (slices, coils, _, cols), layout = cc359.probe(path, args.layout)
-    drop = args.drop_end_slices
-    if drop is None:
-        drop = DROP_END_SLICES if coils > 1 else 0
-    if slices <= 2 * drop:
-        raise DataError(path, f"has {slices} slices, none left after dropping {drop} at each "
-                              "end", "pass a smaller --drop-end-slices")
-    return Source(path, name, subject, coils, cols, (drop, slices - drop), layout)
 
 
 def _scan(args: argparse.Namespace, found: Found, skipped: List[str]) -> Tuple[List[Source], str]:
     """Every source, its layout checked (bad ones raise, or go to ``skipped``); the
     challenge to write."""
+    fmt = FORMATS[args.format]
     sources: List[Source] = []
     names: Dict[str, Path] = {}
     for path in found.volumes:
-        name = nifti.stem(path) if args.format == "nifti" else path.stem
+        name = fmt.stem(path)
         try:
             if name in names:
                 raise DataError(path, f"has the same name as {names[name]}",
                                 "output files are named after their source; rename one")
-            source = _source(args, path, name)
+            subject = subject_of(path, name, args.subject_pattern)
+            source = fmt.check(Source(path, name, subject), args)
         except DataError as exc:
             if not args.skip_bad_files:
                 raise
@@ -527,7 +387,7 @@ def _scan(args: argparse.Namespace, found: Found, skipped: List[str]) -> Tuple[L
         raise DataError(args.source, "no usable volumes (every file was left out: "
                                      f"{skipped[0]}{' ...' if len(skipped) > 1 else ''})",
                         "repair the files listed")
-    if args.format == "nifti" or args.singlecoil or all(s.coils == 1 for s in sources):
+    if args.singlecoil or all(s.coils == 1 for s in sources):
         return sources, "singlecoil"
     ones = [s for s in sources if s.coils == 1]
     if ones:
@@ -570,8 +430,10 @@ def convert(args: argparse.Namespace) -> ConvertSummary:
     by_split = _split(args, sources, split)
     test_subjects = set(by_split["test"])
     for source in sources:
-        if source.subject in test_subjects:
-            mask_spec.check(source.cols, source.path)
+        problem = mask_spec.problem(source.cols) if source.subject in test_subjects else None
+        if problem:
+            raise UserError(f"{source.path}: its {problem}; use lower --accelerations or "
+                            "larger --center-fractions")
     names = {s: f"{challenge}_{s}" for s in SPLITS if by_split[s]}
     if "test" in names:
         names["test_gt"] = f"{challenge}_test_gt"
@@ -602,6 +464,7 @@ def _write_all(args, sources: List[Source], by_split: Dict[str, List[str]], chal
                mask_spec: MaskSpec, staging: Path, names: Dict[str, str],
                skipped: List[str],
                clipped: Dict[str, int]) -> Tuple[Dict[str, List[str]], Dict[str, int]]:
+    fmt = FORMATS[args.format]
     split_of = {subject: s for s, subjects in by_split.items() for subject in subjects}
     volumes: Dict[str, List[str]] = {s: [] for s in SPLITS}
     slices = {s: 0 for s in SPLITS}
@@ -615,12 +478,9 @@ def _write_all(args, sources: List[Source], by_split: Dict[str, List[str]], chal
             gt_path = staging / names["test_gt"] / fname if split == "test" else None
             rng = _volume_rng(args.seed, source.name)
             try:
-                if args.format == "nifti":
-                    converted = convert_nifti(source.path, args.axis, args.size,
-                                              args.keep_empty, rng if args.phase else None)
-                else:
-                    converted = convert_cc359(source, challenge == "singlecoil")
-                test = (mask_spec, rng) if split == "test" else None
+                converted = fmt.read(source, args, challenge == "singlecoil", rng)
+                # Drawn after what read drew (a NIfTI phase): the volume's stream, in order.
+                test = mask_spec.sample(source.cols, rng) if split == "test" else None
                 n = write_volume(converted, path, challenge, args.acquisition, source.subject,
                                  test, gt_path, source.path)
             except DataError as exc:
@@ -645,37 +505,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of source volumes (searched recursively)")
     parser.add_argument("out", metavar="OUT", type=Path,
                         help="dataset root to write (the data_path of train/predict)")
-    parser.add_argument("--format", choices=FORMATS, required=True,
-                        help="cc359-raw: Calgary-Campinas raw k-space (.h5 or .npy, "
-                             "slices x rows x cols x 2*coils); nifti: 3-D magnitude volumes "
-                             "(.nii, .nii.gz)" + none)
-    layout = parser.add_mutually_exclusive_group()
-    for name in cc359.LAYOUTS:
-        layout.add_argument(f"--{name}", dest="layout", action="store_const", const=name,
-                            help=f"cc359-raw: the k-space is {name} (default: found from the "
-                                 "data, which must agree with the file's release: 12-channel "
-                                 ".h5 centred, single-channel .npy uncentred)" + none)
-    parser.add_argument("--drop-end-slices", type=int, default=None, metavar="N",
-                        help="cc359-raw: drop N slices at each end of every volume (default: "
-                             f"{DROP_END_SLICES} for multi-channel volumes, as DIRECT's loader; "
-                             "0 for single-channel ones, as the paper)" + none)
+    parser.add_argument("--format", choices=tuple(FORMATS), required=True,
+                        help="; ".join(f"{f.name}: {f.help}" for f in FORMATS.values())
+                        + none)
+    for fmt in FORMATS.values():
+        fmt.add_arguments(parser)
     parser.add_argument("--singlecoil", action="store_true",
-                        help="cc359-raw: write an emulated single coil (first virtual coil of "
-                             "a per-volume SVD coil compression) instead of multicoil files")
-    parser.add_argument("--axis", choices=tuple(nifti.AXES), default="axial",
-                        help="nifti: slicing direction, in RAS+ orientation")
-    parser.add_argument("--size", type=int, default=256,
-                        help="nifti: slices are centre-cropped or zero-padded to SIZE x SIZE")
-    parser.add_argument("--phase", action="store_true",
-                        help="nifti: multiply each image by a smooth random phase before the "
-                             "FFT, so that k-space is not Hermitian")
-    parser.add_argument("--keep-empty", action="store_true",
-                        help="nifti: keep empty (background-only) slices at the volume ends")
+                        help="write singlecoil files: a multi-coil source as an emulated single "
+                             "coil (first virtual coil of a per-volume SVD coil compression)")
     parser.add_argument("--split", type=float, nargs=3, default=None,
                         metavar=("TRAIN", "VAL", "TEST"),
                         help="subjects per split, as fractions or as counts summing to the "
-                             "number of subjects (default: cc359-raw 25/45 10/45 10/45, i.e. "
-                             "the paper's 25/10/10 of 45; nifti 0.6 0.2 0.2)" + none)
+                             "number of subjects (default: "
+                             + "; ".join(f"{f.name} {f.split_help}" for f in FORMATS.values())
+                             + ")" + none)
     parser.add_argument("--split-by-folder", action="store_true",
                         help="keep the split the source already has: its Train/Val/Test "
                              "folders (any case; also training, valid(ation), testing)")

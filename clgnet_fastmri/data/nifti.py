@@ -27,16 +27,21 @@ and is refused, as are complex and RGB volumes and headers that claim more than
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 import zlib
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
+import fastmri
 import nibabel as nib
 import numpy as np
+import torch
 
-from ..errors import DataError
+from ..errors import DataError, UserError, one_line
+from .formats import Converted, Format, Slices, Source
+from .synthetic import MAX_SIZE
 
 SUFFIXES = (".nii", ".nii.gz")
 AXES = {"sagittal": 0, "coronal": 1, "axial": 2}
@@ -47,15 +52,6 @@ MAX_VOXELS = 2**28
 PAD_LIMIT = 4
 
 
-def is_nifti(path: Path) -> bool:
-    return path.name.lower().endswith(SUFFIXES)
-
-
-def stem(path: Path) -> str:
-    name = path.name
-    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
-
-
 def open_volume(path: Union[str, os.PathLike]) -> nib.Nifti1Image:
     """The NIfTI image of ``path`` (header read, data not yet), its header checked: a 3-D
     real volume of at most ``MAX_VOXELS`` voxels that the file holds, with an orientation."""
@@ -63,7 +59,7 @@ def open_volume(path: Union[str, os.PathLike]) -> nib.Nifti1Image:
     try:
         image = nib.load(path)
     except Exception as exc:  # nibabel raises many types (ImageFileError, EOFError, ...)
-        raise DataError(path, f"not a readable NIfTI file ({_one_line(exc)})",
+        raise DataError(path, f"not a readable NIfTI file ({one_line(exc)})",
                         "re-download it or move it out of the folder") from None
     shape = image.shape
     if len(shape) != 3:
@@ -125,7 +121,7 @@ def read_slices(path: Union[str, os.PathLike], axis: str, size: int,
         with np.errstate(over="ignore"):  # values beyond float32 are reported below
             data = image.get_fdata(dtype=np.float32)
     except (OSError, EOFError, ValueError, zlib.error, gzip.BadGzipFile) as exc:
-        raise DataError(path, f"the image data cannot be read ({_one_line(exc)})",
+        raise DataError(path, f"the image data cannot be read ({one_line(exc)})",
                         "the file is truncated or corrupt; re-download it or move it out of "
                         "the folder") from None
     if not np.isfinite(data).all():
@@ -169,10 +165,6 @@ def _clip_negative(path: Path, data: np.ndarray) -> int:
     return count
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(f"{type(exc).__name__}: {exc}".split())
-
-
 def _radiological(data: np.ndarray, axis: int,
                   zooms: Tuple[float, ...]) -> Tuple[np.ndarray, Tuple[float, float]]:
     """Slices ``(n, rows, cols)`` of a RAS+ volume along ``axis``, in display orientation."""
@@ -214,3 +206,59 @@ def smooth_phase(size: int, rng: np.random.Generator) -> np.ndarray:
     y, x = np.meshgrid(np.linspace(-1, 1, size), np.linspace(-1, 1, size), indexing="ij")
     c = rng.uniform(-1.0, 1.0, 6) * np.array([np.pi, 1.5, 1.5, 1.0, 1.0, 1.0])
     return c[0] + c[1] * x + c[2] * y + c[3] * x * x + c[4] * y * y + c[5] * x * y
+
+
+# ---------------------------------------------------------------------------------------------
+# The format, for convert
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--axis", choices=tuple(AXES), default="axial",
+                        help="nifti: slicing direction, in RAS+ orientation")
+    parser.add_argument("--size", type=int, default=256,
+                        help="nifti: slices are centre-cropped or zero-padded to SIZE x SIZE")
+    parser.add_argument("--phase", action="store_true",
+                        help="nifti: multiply each image by a smooth random phase before the "
+                             "FFT, so that k-space is not Hermitian")
+    parser.add_argument("--keep-empty", action="store_true",
+                        help="nifti: keep empty (background-only) slices at the volume ends")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    if args.size < 16 or args.size % 2 or args.size > MAX_SIZE:
+        raise UserError(f"--size must be an even number from 16 to {MAX_SIZE}, not "
+                        f"{args.size}")
+
+
+def check(source: Source, args: argparse.Namespace) -> Source:
+    """The source's header checked, ``--size`` against it included."""
+    check_size(source.path, open_volume(source.path), args.axis, args.size)
+    source.coils, source.cols = 1, args.size
+    return source
+
+
+def read(source: Source, args: argparse.Namespace, singlecoil: bool,
+         rng: np.random.Generator) -> Converted:
+    """A volume as ``fft2c`` k-space (with a smooth phase with ``--phase``) and the image as
+    target; always one coil."""
+    size = args.size
+    images, (row_mm, col_mm, slice_mm), clipped = read_slices(source.path, args.axis, size,
+                                                              args.keep_empty)
+    phase = None
+    if args.phase:
+        phase = np.exp(1j * smooth_phase(size, rng)).astype(np.complex64)
+    return Converted(images.shape, (row_mm * size, col_mm * size, slice_mm), 1,
+                     _slices(images, phase), clipped)
+
+
+def _slices(images: np.ndarray, phase: Optional[np.ndarray]) -> Slices:
+    for image in images:
+        x = image.astype(np.complex64) if phase is None else image * phase
+        kspace = fastmri.fft2c(torch.view_as_real(torch.from_numpy(x)))
+        yield torch.view_as_complex(kspace).numpy(), image
+
+
+FORMAT = Format(
+    name="nifti", help="3-D magnitude volumes (.nii, .nii.gz)", suffixes=SUFFIXES,
+    default_split=(0.6, 0.2, 0.2), split_help="0.6 0.2 0.2",
+    add_arguments=add_arguments, check_options=check_options, check=check, read=read)

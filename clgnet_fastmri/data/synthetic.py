@@ -33,13 +33,23 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
-from fastmri.data.subsample import RandomMaskFunc
+from fastmri.data.transforms import center_crop
 from tqdm import tqdm
 
 from ..errors import UserError
-from ..files import h5_output, staged_dataset_root
+from ..files import staged_dataset_root
 from .brain_phantom import Brain
-from .checks import TARGET_KEYS
+from .fastmri_layout import (
+    ANATOMIES,
+    CHALLENGES,
+    MAX_ACCELERATION,
+    MIN_ACCELERATION,
+    SPLITS,
+    MaskSpec,
+    center_fraction,
+    ismrmrd_header,
+    write_raw_volume,
+)
 from .knee_phantom import Knee
 from .phantoms import SPECS, AnatomySpec, Frame, Slice, Waves
 
@@ -47,9 +57,6 @@ from .phantoms import SPECS, AnatomySpec, Frame, Slice, Waves
 # anatomy model): caches of generated sets can put it in their key.
 GENERATOR_VERSION = 1
 
-ANATOMIES = ("knee", "brain")
-CHALLENGES = ("singlecoil", "multicoil")
-SPLITS = ("train", "val", "test")
 MODELS = {"knee": Knee, "brain": Brain}
 _SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
@@ -59,7 +66,6 @@ MAX_SIZE = 1024
 MAX_SLICES = 512
 MAX_COILS = 64
 MAX_VOLUMES = 100_000
-MAX_ACCELERATION = 32
 
 DEFAULT_SPLITS = {"train": 8, "val": 2, "test": 2}
 DEFAULT_ACCELERATIONS = (4, 8)
@@ -74,20 +80,6 @@ _SNR_RANGE = {"CORPD_FBK": (22.0, 35.0), "CORPDFS_FBK": (8.0, 13.0), "AXT1": (28
 _SIGNAL_SCALE = 2.2e-4
 # Coil arrays are modelled with at least this many loops; fewer coils are a subset of them.
 _MIN_ARRAY = 8
-
-# The ISMRMRD header holds only what fastmri's SliceDataset reads: the k-space and target
-# matrix sizes and the acquired phase-encoding lines (it derives the zero padding from them).
-_HEADER = """<?xml version="1.0" encoding="utf-8"?>
-<ismrmrdHeader xmlns="http://www.ismrm.org/ISMRMRD">
-  <encoding>
-    <encodedSpace><matrixSize><x>{rows}</x><y>{cols}</y><z>1</z></matrixSize></encodedSpace>
-    <reconSpace><matrixSize><x>{size}</x><y>{size}</y><z>1</z></matrixSize></reconSpace>
-    <encodingLimits><kspace_encoding_step_1>
-      <maximum>{maximum}</maximum><center>{center}</center>
-    </kspace_encoding_step_1></encodingLimits>
-  </encoding>
-</ismrmrdHeader>
-"""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -113,22 +105,6 @@ def acquired_columns(anatomy: str, cols: int) -> Tuple[int, int]:
     return pad, cols - pad
 
 
-def center_fraction(acceleration: int) -> float:
-    """fastMRI's challenge convention: 4x -> 0.08, 8x -> 0.04 (0.32 / acceleration)."""
-    return 0.32 / acceleration
-
-
-def sample_mask(num_cols: int, acceleration: int, seed: int) -> Tuple[np.ndarray, int]:
-    """A test-set mask from ``fastmri.data.subsample.RandomMaskFunc``.
-
-    Returns ``(mask, num_low_frequencies)`` with ``mask`` a bool array of shape
-    ``(num_cols,)``. Deterministic for a given ``seed``.
-    """
-    mask_func = RandomMaskFunc([center_fraction(acceleration)], [acceleration])
-    mask, num_low = mask_func((1, num_cols, 1), seed=seed)
-    return mask.numpy().reshape(num_cols) > 0, int(num_low)
-
-
 def volume_seed(seed: int, split: str, index: int) -> Tuple[int, int, int]:
     """The seed of volume ``index`` of ``split`` in ``make_dataset(..., seed=seed)``."""
     return (int(seed), _SPLIT_CODES[split], int(index))
@@ -146,19 +122,6 @@ def _fft2c(x: np.ndarray) -> np.ndarray:
 def _ifft2c(x: np.ndarray) -> np.ndarray:
     axes = (-2, -1)
     return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(x, axes=axes), norm="ortho"), axes=axes)
-
-
-def _center_crop(x: np.ndarray, size: int) -> np.ndarray:
-    """fastmri's ``center_crop`` on the last two axes."""
-    r0 = (x.shape[-2] - size) // 2
-    c0 = (x.shape[-1] - size) // 2
-    return x[..., r0:r0 + size, c0:c0 + size]
-
-
-def _header(size: int, rows: int, cols: int, padding: Tuple[int, int]) -> bytes:
-    left, right = padding
-    return _HEADER.format(rows=rows, cols=cols, size=size, maximum=right - left - 1,
-                          center=cols // 2 - left).encode("utf-8")
 
 
 def _skip_version1_header_draws(rng: np.random.Generator) -> None:
@@ -240,7 +203,9 @@ class _Synth:
         self.phase_coefficients = r_misc.uniform(-1.0, 1.0, 3)
         self.phase_field = Waves(r_misc, 150.0, n=12)
         _skip_version1_header_draws(r_misc)
-        self.header = _header(self.size, self.rows, self.cols, self.padding)
+        # Only the fields fastmri reads: nothing else of these scans is real.
+        self.header = ismrmrd_header((self.rows, self.cols), (self.size, self.size),
+                                     self.padding)
         # Pass 1: the noise-free magnetisation of every slice (float32; modest) and the
         # noise level that gives the drawn SNR.
         self.magnetisation = np.stack([
@@ -261,8 +226,9 @@ class _Synth:
             np.array([[cu]]), np.array([[cv]]), cw)) ** 2).sum()))
 
     def _noise_std(self) -> float:
-        fg = np.stack([_center_crop(self.magnetisation[k] * np.abs(
-            self.frame.maps.up(self._fields(k)[1])), self.size) for k in range(self.num_slices)])
+        fg = np.stack([center_crop(self.magnetisation[k] * np.abs(
+            self.frame.maps.up(self._fields(k)[1])), (self.size, self.size))
+            for k in range(self.num_slices)])
         peak = np.percentile(fg, 99.5)
         if peak <= 0:  # an empty volume
             return float(self.amplitude * 0.02)
@@ -327,7 +293,7 @@ class _Synth:
         mag = np.abs(_ifft2c(ks))
         if mag.ndim == 3:
             mag = np.sqrt((mag * mag).sum(axis=0))
-        return np.ascontiguousarray(_center_crop(mag, self.size), dtype=np.float32)
+        return np.ascontiguousarray(center_crop(mag, (self.size, self.size)), dtype=np.float32)
 
 
 def _volume_shapes(anatomy: str, challenge: str, size: Optional[int],
@@ -488,12 +454,17 @@ def _check_accelerations(accelerations, cols: int) -> Tuple[int, ...]:
     if not accs:
         raise UserError("give at least one acceleration (e.g. 4 8)")
     for a in accs:
-        _check_int("acceleration", a, 2, MAX_ACCELERATION)
-        num_low = round(cols * center_fraction(a))
-        if num_low < 1 or cols / a < num_low:
-            raise UserError(f"acceleration {a} is too high for {cols} k-space columns; use a "
-                            "larger --size or a lower acceleration")
-    return tuple(int(a) for a in accs)
+        _check_int("acceleration", a, MIN_ACCELERATION, MAX_ACCELERATION)
+    accs = tuple(int(a) for a in accs)
+    problem = _mask_spec(accs).problem(cols)
+    if problem:
+        raise UserError(f"{problem}; use a larger --size or lower accelerations")
+    return accs
+
+
+def _mask_spec(accs: Tuple[int, ...]) -> MaskSpec:
+    """The test masks: ``RandomMaskFunc`` with fastMRI's centre fractions."""
+    return MaskSpec("random", tuple(center_fraction(a) for a in accs), accs)
 
 
 def make_dataset(out_dir: Union[str, os.PathLike], anatomy: str = "knee",
@@ -556,7 +527,7 @@ def _write_splits(staging: Path, names: Dict[str, str], counts: Dict[str, int], 
                   accs: Tuple[int, ...], seed: int, progress: bool):
     files: Dict[str, List[Path]] = {key: [] for key in names}
     acq_counts: Dict[str, int] = {}
-    key = TARGET_KEYS[challenge]
+    mask_spec = _mask_spec(accs)
     total = sum(counts.values())
     with tqdm(total=total, disable=not progress, unit="vol", desc="make-data",
               dynamic_ncols=True) as bar:
@@ -568,54 +539,19 @@ def _write_splits(staging: Path, names: Dict[str, str], counts: Dict[str, int], 
                 acq_counts[synth.acquisition] = acq_counts.get(synth.acquisition, 0) + 1
                 fname = f"file_{anatomy}_{split}_{i:04d}.h5"
                 path = staging / names[split] / fname
+                test = gt_path = None
                 if split == "test":
+                    test = mask_spec.sample(synth.cols, synth.rng_misc)
                     gt_path = staging / names["test_gt"] / fname
-                    _write_test(synth, path, gt_path, key, accs)
                     files["test_gt"].append(gt_path)
-                else:
-                    _write_volume(synth, path, key)
+                write_raw_volume(path, challenge, synth.header, synth.kspace_shape,
+                                 ((sl["kspace"], sl["target"]) for sl in synth.slices()),
+                                 {"acquisition": synth.acquisition,
+                                  "patient_id": synth.patient_id},
+                                 test, gt_path, in_memory=True)
                 files[split].append(path)
                 bar.update(1)
     return files, acq_counts
-
-
-def _write_volume(synth: _Synth, path: Path, key: str, mask: Optional[np.ndarray] = None,
-                  test_attrs: Optional[Dict[str, int]] = None) -> np.ndarray:
-    """Write one volume's file, slice by slice; return its target.
-
-    Without ``mask``: a training/validation file (k-space, target, ``max``, ``norm``). With
-    ``mask``: a test file (masked k-space, ``mask``, ``test_attrs``, no target).
-    """
-    with h5_output(path) as hf:
-        hf.create_dataset("ismrmrd_header", data=synth.header)
-        kspace = hf.create_dataset("kspace", shape=synth.kspace_shape, dtype=np.complex64)
-        targets = []
-        for k, sl in enumerate(synth.slices()):
-            kspace[k] = sl["kspace"] if mask is None else sl["kspace"] * mask
-            targets.append(sl["target"])
-        target = np.stack(targets)
-        attrs = _target_attrs(synth, target)
-        if mask is None:
-            hf.create_dataset(key, data=target)
-        else:
-            hf.create_dataset("mask", data=mask)
-            attrs = {k: v for k, v in attrs.items() if k not in ("max", "norm")}
-            attrs.update(test_attrs or {})
-        hf.attrs.update(attrs)
-    return target
-
-
-def _write_test(synth: _Synth, path: Path, gt_path: Path, key: str,
-                accs: Tuple[int, ...]) -> None:
-    """A test file (masked like the challenge set) and its ``_test_gt`` twin."""
-    rng = synth.rng_misc
-    acc = int(accs[int(rng.integers(len(accs)))])
-    mask, num_low = sample_mask(synth.cols, acc, int(rng.integers(2**32 - 1)))
-    test_attrs = {"acceleration": acc, "num_low_frequency": num_low}
-    target = _write_volume(synth, path, key, mask, test_attrs)
-    with h5_output(gt_path) as gt:
-        gt.create_dataset(key, data=target)
-        gt.attrs.update({**_target_attrs(synth, target), **test_attrs})
 
 
 # ---------------------------------------------------------------------------------------------

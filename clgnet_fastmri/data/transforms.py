@@ -14,7 +14,8 @@ from fastmri.data.transforms import UnetDataTransform, UnetSample, VarNetDataTra
 class CLGNetDataTransform:
     """Zero-filled magnitude image and target, instance-normalised as fastmri's U-Net sees them.
 
-    CLGNet takes the same input as fastmri's U-Net baseline (DESIGN §1), so this delegates to
+    CLGNet takes the same input as fastmri's U-Net baseline (docs/design.md,
+    *Architecture*), so this delegates to
     ``fastmri.data.transforms.UnetDataTransform`` and returns its ``UnetSample``: ``image`` and
     ``target`` of shape (H, W), normalised by the zero-filled image's mean and std and clamped
     to ±6; ``mean``/``std`` undo it. ``image`` doubles as the contrastive loss's negative.

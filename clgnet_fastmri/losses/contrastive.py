@@ -1,4 +1,5 @@
-"""CLGNet's contrastive loss (paper Sec. 3.3, Eq. 9-10) in the CSD form (DESIGN §2).
+"""CLGNet's contrastive loss (paper Sec. 3.3, Eq. 9-10) in the CSD form (docs/design.md,
+*Contrastive loss*).
 
 Anchor = network output O, positive = ground truth GT, negatives = K undersampled (zero-filled)
 inputs of the same mini-batch. For each VGG19 layer j (relu1_1 ... relu5_1)::

@@ -1,4 +1,5 @@
-"""Frozen VGG19 feature extractor for the contrastive loss (paper Sec. 3.3, DESIGN §2).
+"""Frozen VGG19 feature extractor for the contrastive loss (paper Sec. 3.3; docs/design.md,
+*Contrastive loss*).
 
 The network is torchvision's ``vgg19().features`` up to relu5_1, sliced at [0:2], [2:7],
 [7:12], [12:21], [21:30] (relu1_1 ... relu5_1). Its ImageNet weights are torchvision's
@@ -51,7 +52,7 @@ from torch import Tensor, nn
 from torch.hub import HASH_REGEX
 from torchvision.models import VGG19_Weights, vgg19
 
-from ..errors import UserError
+from ..errors import UserError, one_line
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +205,7 @@ def _download_imagenet(path: Path, *, progress: bool) -> None:
             )
     except Exception as exc:  # no network, proxy, timeout, disk full, hash mismatch ...
         raise UserError(
-            f"{path} does not exist and downloading it failed ({_one_line(exc)}); {fix}"
+            f"{path} does not exist and downloading it failed ({one_line(exc)}); {fix}"
         ) from None
 
 
@@ -215,14 +216,9 @@ def _sha256(path: Path) -> str:
             for block in iter(lambda: file.read(1 << 20), b""):
                 digest.update(block)
     except OSError as exc:
-        raise UserError(f"{path}: cannot be read ({_one_line(exc)}); check its "
+        raise UserError(f"{path}: cannot be read ({one_line(exc)}); check its "
                         "permissions") from None
     return digest.hexdigest()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _meta_features() -> nn.Sequential:
@@ -250,7 +246,7 @@ def _read_state(resolved: VGG19Weights) -> Dict[str, Tensor]:
         # weights_only refuses pickled modules/objects; torch.load also fails on truncated or
         # foreign files. Either way it is not a readable state dict.
         raise UserError(
-            f"{resolved.path}: cannot be read as a VGG19 state dict ({_one_line(exc)}); {fix}"
+            f"{resolved.path}: cannot be read as a VGG19 state dict ({one_line(exc)}); {fix}"
         ) from None
     try:
         features = _features_state(state)

@@ -13,6 +13,11 @@ It also fixes the two places where the legacy code assumes Lightning 1 objects:
 ``trainer.val_dataloaders[0]`` and a TensorBoard-only ``log_image``, and hands fastmri's
 metric and saving code float32 tensors under ``precision="bf16-true"``/``"16-true"`` (it
 converts them to numpy, which has no bfloat16).
+
+Prediction (``Trainer.predict``, run by ``clgnet-fastmri predict``) has no fastmri
+counterpart: each module's ``predict_step`` returns ``SlicePredictions``, the float32
+reconstruction of each slice under its file name and slice index, as its ``test_step``
+computes it.
 """
 
 from __future__ import annotations
@@ -20,15 +25,16 @@ from __future__ import annotations
 import argparse
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, NamedTuple, Sequence, Tuple
 
 import numpy as np
 import torch
-from fastmri.data.transforms import VarNetSample
+from fastmri import pl_modules as fastmri_modules
+from fastmri.data.transforms import UnetSample, VarNetSample, center_crop
 from fastmri.models import Unet, VarNet
-from fastmri.pl_modules import MriModule, UnetModule, VarNetModule
+from fastmri.pl_modules import MriModule
 from pytorch_lightning.loggers import TensorBoardLogger
-from torch import nn
+from torch import Tensor, nn
 
 from ..errors import UserError
 from ..files import save_reconstructions
@@ -68,6 +74,7 @@ class Lightning2Bridge:
             check_pooling(network, batch)
 
     on_train_batch_start = on_validation_batch_start = on_test_batch_start = check_batch
+    on_predict_batch_start = check_batch
 
     def on_validation_epoch_start(self) -> None:
         self._val_logs: List[Dict[str, Any]] = []
@@ -129,6 +136,36 @@ class Lightning2Bridge:
                 logger.log_image(key=name, images=[image], step=self.global_step)
 
 
+class SlicePredictions(NamedTuple):
+    """What ``predict_step`` returns for a batch of B slices, on the module's device."""
+
+    #: The input file of each slice.
+    fname: Sequence[str]
+    #: Each slice's index in its file (a B tensor).
+    slice_num: Tensor
+    #: Each slice's float32 H x W reconstruction (a B x H x W tensor, or a list where the
+    #: slices' sizes may differ).
+    images: Sequence[Tensor]
+
+
+def predict_images(network: Callable[[Tensor], Tensor], batch: UnetSample) -> SlicePredictions:
+    """The reconstructions of an image-domain network (``UnetSample`` batches): its output on
+    the normalised zero-filled image (B x H x W in and out), in float32, un-normalised with each
+    slice's mean and std as fastmri's ``UnetModule.test_step`` does."""
+    output = network(batch.image).float()
+    return SlicePredictions(batch.fname, batch.slice_num,
+                            output * batch.std[:, None, None] + batch.mean[:, None, None])
+
+
+def recon_size(image: Tensor, crop_size: Tuple[int, int]) -> Tuple[int, int]:
+    """The size a VarNet reconstruction is cropped to: the header's reconSpace size
+    (``crop_size``), or a square of the image's width where that is narrower (fastmri's FLAIR
+    203 case, as in ``VarNetModule.test_step``)."""
+    if image.shape[-1] < crop_size[1]:
+        return image.shape[-1], image.shape[-1]
+    return crop_size
+
+
 def max_pools(height: int, width: int) -> int:
     """How many times a fastmri U-Net can pool a height x width image: each level halves it
     (rounding down), and the InstanceNorm at the bottom needs more than one pixel."""
@@ -165,7 +202,7 @@ _LR = dict(low=0, low_open=True, high=10)
 _POOLS = dict(low=1, high=8)
 
 
-class UnetModule(Lightning2Bridge, UnetModule):
+class BridgedUnetModule(Lightning2Bridge, fastmri_modules.UnetModule):
     """fastmri's ``UnetModule`` (the fastMRI U-Net baseline), trainable on Lightning 2.
 
     Its signature's defaults are those of fastmri's ``train_unet_demo.py`` (RMSprop,
@@ -185,8 +222,13 @@ class UnetModule(Lightning2Bridge, UnetModule):
     }
     NETWORK_HPARAMS = ("in_chans", "out_chans", "chans", "num_pool_layers", "drop_prob")
 
+    def predict_step(self, batch: UnetSample, batch_idx: int, dataloader_idx: int = 0
+                     ) -> SlicePredictions:
+        """``predict_images`` of this module (shared by every image-domain module)."""
+        return predict_images(self, batch)
 
-class VarNetModule(Lightning2Bridge, VarNetModule):
+
+class BridgedVarNetModule(Lightning2Bridge, fastmri_modules.VarNetModule):
     """fastmri's ``VarNetModule`` (End-to-End VarNet baseline), trainable on Lightning 2.
 
     Command-line defaults are those of fastmri's ``train_varnet_demo.py``: 8 cascades and
@@ -207,3 +249,14 @@ class VarNetModule(Lightning2Bridge, VarNetModule):
         "weight_decay": Rule("Adam weight decay", low=0),
     }
     NETWORK_HPARAMS = ("num_cascades", "pools", "chans", "sens_pools", "sens_chans")
+
+    def predict_step(self, batch: VarNetSample, batch_idx: int, dataloader_idx: int = 0
+                     ) -> SlicePredictions:
+        """VarNet's output on the masked k-space, each slice cropped to its own ``recon_size``
+        as fastmri's ``test_step`` crops its one slice."""
+        output = self(batch.masked_kspace, batch.mask, batch.num_low_frequencies)
+        heights, widths = batch.crop_size
+        return SlicePredictions(batch.fname, batch.slice_num, [
+            center_crop(image, recon_size(image, (int(height), int(width))))
+            for image, height, width in zip(output, heights, widths)
+        ])

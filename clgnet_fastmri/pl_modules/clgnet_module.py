@@ -17,7 +17,7 @@ from ..losses.contrastive import REDUCTIONS
 from ..models import GLOBAL_MODULES, CLGNet
 from ..settings import MAX_CHANS, Rule, orthogonal_wavelets
 from .batchnorm import has_batchnorm, refresh_batchnorm_statistics
-from .bridge import Lightning2Bridge
+from .bridge import BridgedUnetModule, Lightning2Bridge
 
 LR_SCHEDULES = ("cosine", "step", "constant")
 
@@ -27,7 +27,8 @@ class CLGNetModule(Lightning2Bridge, MriModule):
 
     Batches are ``UnetSample``s from ``CLGNetDataTransform`` (image, target, mean, std, ...).
     Validation and test reuse fastmri's ``UnetModule`` steps (denormalise, then fastmri's
-    metrics and reconstruction saving), so the numbers are comparable with its U-Net baseline.
+    metrics and reconstruction saving), so the numbers are comparable with its U-Net baseline;
+    prediction reuses the bridge's U-Net ``predict_step`` (``bridge.predict_images``).
 
     Logged: ``train_loss``, ``train_l1``, ``train_contrastive``; ``validation_loss`` (L1 in the
     normalised space) and ``val_metrics/{nmse,psnr,ssim}`` (fastmri, per volume); validation
@@ -65,6 +66,7 @@ class CLGNetModule(Lightning2Bridge, MriModule):
     # normalised zero-filled image and undo the normalisation for metrics and saving.
     validation_step = FastMriUnetModule.validation_step
     test_step = FastMriUnetModule.test_step
+    predict_step = BridgedUnetModule.predict_step
 
     #: Allowed values and help of each ``__init__`` argument (defaults: the signature).
     RULES: Dict[str, Rule] = {

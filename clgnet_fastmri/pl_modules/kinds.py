@@ -13,7 +13,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 from fastmri.data.subsample import MaskFunc
 
 from ..data.transforms import CLGNetDataTransform, KspaceTransform
-from .bridge import UnetModule, VarNetModule
+from .bridge import BridgedUnetModule, BridgedVarNetModule
 from .clgnet_module import CLGNetModule
 
 INSTANCE_NORM = ("instance: zero-filled magnitude image (RSS over coils for multicoil) "
@@ -29,6 +29,12 @@ class ModelKind:
     ``defaults`` are the values of options left unset (``--batch_size``, ``--mask_type``,
     ``--challenge``, ...) that differ from the command's, ``data_defaults`` more of them for
     real data and ``demo_defaults`` for the built-in demo set (model options included).
+    ``contrastive``: it trains with CLGNet's contrastive loss (its VGG19 options are checked,
+    its weights resolved and recorded); ``crops``: its training may use random crops;
+    ``extensible``: training extensions (``--banding``) may replace its module;
+    ``no_true_precision``: why its weights cannot be converted to bfloat16/float16 (None when
+    they can); ``timed_run_args``: module arguments of a run bounded by
+    wall-clock time rather than steps (``bench``).
     """
 
     name: str
@@ -41,6 +47,11 @@ class ModelKind:
     defaults: Mapping[str, Any] = field(default_factory=dict)
     data_defaults: Mapping[str, Any] = field(default_factory=dict)
     demo_defaults: Mapping[str, Any] = field(default_factory=dict)
+    contrastive: bool = False
+    crops: bool = False
+    extensible: bool = False
+    no_true_precision: Optional[str] = None
+    timed_run_args: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def settings(self) -> tuple:
@@ -51,6 +62,12 @@ class ModelKind:
         """``CLGNet(chans=32, ...)``: the network its hyperparameters make."""
         args = ", ".join(f"{n}={hparams.get(n)!r}" for n in self.module.NETWORK_HPARAMS)
         return f"{self.title}({args})"
+
+    def challenge_problem(self, challenge: str) -> Optional[str]:
+        """``"VarNet needs multicoil data"`` when this kind cannot read ``challenge`` data."""
+        if challenge in self.challenges:
+            return None
+        return f"{self.title} needs {' or '.join(self.challenges)} data"
 
 
 def _image_transform(challenge: str, mask_func: Optional[MaskFunc] = None,
@@ -75,12 +92,17 @@ KINDS: Dict[str, ModelKind] = {
     # schedule ends with the weights still, where the running averages are right.
     "clgnet": ModelKind("clgnet", "CLGNet", CLGNetModule, "clgnet", _image_transform,
                         INSTANCE_NORM, data_defaults={"batch_size": 10},
-                        demo_defaults={"alpha": 0.0, "bn_stats_batches": 0}),
-    "unet": ModelKind("unet", "Unet", UnetModule, "unet", _image_transform, INSTANCE_NORM,
+                        demo_defaults={"alpha": 0.0, "bn_stats_batches": 0},
+                        contrastive=True, crops=True, extensible=True,
+                        # A wall-clock budget has no known step count for the cosine schedule.
+                        timed_run_args={"lr_schedule": "constant", "num_log_images": 0}),
+    "unet": ModelKind("unet", "Unet", BridgedUnetModule, "unet", _image_transform, INSTANCE_NORM,
                       data_defaults={"batch_size": 1}),
     # fastmri's VarNet demo: multicoil only, equispaced_fraction masks, one slice per batch.
-    "varnet": ModelKind("varnet", "VarNet", VarNetModule, "varnet", _kspace_transform,
-                        KSPACE_INPUT, challenges=("multicoil",), defaults=_VARNET_DEMO),
+    "varnet": ModelKind("varnet", "VarNet", BridgedVarNetModule, "varnet", _kspace_transform,
+                        KSPACE_INPUT, challenges=("multicoil",), defaults=_VARNET_DEMO,
+                        no_true_precision="fastmri's VarNet runs its FFTs in the weights' "
+                        "dtype, which cannot be bfloat16/float16"),
 }
 
 
