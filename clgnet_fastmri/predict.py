@@ -221,10 +221,10 @@ def load_for_prediction(checkpoint: Path, challenge: str,
     """
     module, record = load_recorded(checkpoint)
     kind = KINDS[record["model_kind"]]
-    if challenge not in kind.challenges:
-        raise UserError(f"{checkpoint}: a {kind.title} checkpoint needs "
-                        f"{' or '.join(kind.challenges)} data, not {challenge}; pass --challenge "
-                        f"{kind.challenges[0]}")
+    problem = kind.challenge_problem(challenge)
+    if problem is not None:
+        raise UserError(f"{checkpoint}: a {kind.title} checkpoint; {problem}, not {challenge}; "
+                        f"pass --challenge {kind.challenges[0]}")
     trained = record["challenge"]
     if trained is not None and trained != challenge and not allow_challenge_mismatch:
         raise UserError(f"{checkpoint}: trained on {trained} data, asked for {challenge}; pass "

@@ -148,10 +148,9 @@ def test(config: TrainConfig, trainer: pl.Trainer, data_module: CLGNetDataModule
 
 def image_dataset(config: TrainConfig, split: Path, data_module: CLGNetDataModule
                   ) -> CheckedSliceDataset:
-    """The test split as the network's image input (VarNet's own input is k-space)."""
-    transform = data_module.test_transform
-    if not isinstance(transform, CLGNetDataTransform):
-        transform = CLGNetDataTransform(config.challenge, transform.mask_func)
+    """The test split as the zero-filled image input, masked as the model's test input is
+    (every kind's test transform has the same mask; VarNet's own input is k-space)."""
+    transform = CLGNetDataTransform(config.challenge, data_module.test_transform.mask_func)
     return CheckedSliceDataset(split, config.challenge, transform=transform)
 
 
