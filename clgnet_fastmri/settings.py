@@ -389,7 +389,9 @@ def validate(args: argparse.Namespace, flags: Mapping[str, str]) -> None:
             continue
         for item in value if isinstance(value, (list, tuple)) else [value]:
             rule.check(flags.get(dest, f"--{dest}"), item, kind)
-    resolve_synonyms(values)  # a contradicting synonym first: it explains the checks below
+    # A contradicting synonym first (it explains the checks below), which then see what the
+    # synonyms stand for: ``--gpus 2`` is checked as ``--accelerator gpu --devices 2``.
+    values = {**values, **resolve_synonyms(values)}
     check_layout_environment()
     accelerations, fractions = values.get("accelerations"), values.get("center_fractions")
     if accelerations is not None and fractions is not None and \

@@ -14,7 +14,7 @@ import pytest
 import torch
 from fastmri.pl_modules import VarNetModule as FastMriVarNetModule
 
-from clgnet_fastmri import cli
+from clgnet_fastmri import cli, settings
 from clgnet_fastmri.checkpoints import RECORD_KEY, load_recorded, run_record
 from clgnet_fastmri.config import add_arguments, resolve
 from clgnet_fastmri.pl_modules.bridge import BridgedUnetModule
@@ -91,6 +91,14 @@ def test_demo_and_data_defaults_fill_only_unset_options(argv, demo, alpha, bn_ba
 def test_bad_model_options_and_conflicting_synonyms_are_refused(argv, words, refused_train):
     line = refused_train(argv)
     assert all(word in line for word in words), line
+
+
+@pytest.mark.reliability
+def test_gpus_is_checked_as_what_it_stands_for(refused_train, monkeypatch):
+    # --gpus 2 is --accelerator gpu --devices 2: refused before any work on a 1-GPU machine.
+    monkeypatch.setattr(settings, "_gpu_count", lambda: 1)
+    line = refused_train(["--gpus", "2"])
+    assert "--devices 2" in line and "1 GPU" in line, line
 
 
 def test_synonyms_translate_to_our_options():
