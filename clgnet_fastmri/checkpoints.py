@@ -23,6 +23,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
 
+from .data.fastmri_layout import CHALLENGES
 from .errors import UserError
 from .files import atomic_output
 from .models import CLGNet
@@ -125,7 +126,7 @@ def read_record(path: Union[str, os.PathLike], checkpoint: Mapping[str, Any]) ->
         return dict(UNRECORDED)
     kind = record.get("model_kind") if isinstance(record, Mapping) else None
     challenge = record.get("challenge") if isinstance(record, Mapping) else None
-    if kind not in KINDS or challenge not in ("singlecoil", "multicoil"):
+    if kind not in KINDS or challenge not in CHALLENGES:
         raise UserError(f"{path}: damaged {RECORD_KEY} record ({record!r}); use a checkpoint "
                         "written by clgnet-fastmri train")
     return {**UNRECORDED, **record}

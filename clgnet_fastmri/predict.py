@@ -44,7 +44,7 @@ from .data.checks import (
     submission_name,
     target_folder,
 )
-from .data.fastmri_layout import TARGET_KEYS
+from .data.fastmri_layout import CHALLENGES, TARGET_KEYS
 from .data.mri_data import CheckedSliceDataset
 from .data.transforms import CLGNetDataTransform
 from .errors import DataError, UserError
@@ -488,7 +488,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder of fastMRI files to reconstruct (test/challenge split)")
     parser.add_argument("--output", type=Path, required=True,
                         help="submission folder; the zip is written beside it as <output>.zip")
-    parser.add_argument("--challenge", choices=("singlecoil", "multicoil"), default="singlecoil",
+    parser.add_argument("--challenge", choices=CHALLENGES, default="singlecoil",
                         help="which fastMRI files --data_path holds (multicoil: coil k-space)")
     parser.add_argument("--v2_names", action="store_true",
                         help="name files file1000_v2.h5 (the public knee leaderboard)")

@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from fastmri.data.subsample import MaskFunc
 
+from ..data.fastmri_layout import CHALLENGES
 from ..data.transforms import CLGNetDataTransform, KspaceTransform
 from .bridge import BridgedUnetModule, BridgedVarNetModule
 from .clgnet_module import CLGNetModule
@@ -43,7 +44,7 @@ class ModelKind:
     network: str
     transform: Callable[..., Callable]
     normalisation: str
-    challenges: Tuple[str, ...] = ("singlecoil", "multicoil")
+    challenges: Tuple[str, ...] = CHALLENGES
     defaults: Mapping[str, Any] = field(default_factory=dict)
     data_defaults: Mapping[str, Any] = field(default_factory=dict)
     demo_defaults: Mapping[str, Any] = field(default_factory=dict)
