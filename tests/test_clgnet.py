@@ -128,6 +128,21 @@ def test_fourier_unit_holds_one_spectrum_for_its_backward():
     assert fu.conv.weight.grad is not None and fu.bn.weight.grad is not None
 
 
+@pytest.mark.parametrize("layouts", LAYOUTS)
+def test_fourier_unit_keeps_channels_last_forward_and_backward(layouts):
+    # The fuse product reads the unit's output as rows, and autograd adds the unit's input
+    # gradient to the 3x3 convolution's: an NCHW tensor in either place makes them strided
+    # loops, several times slower (BENCHMARKS.md, issue 28, eighth session).
+    x = torch.randn(2, 4, 16, 16).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+    with layout.fixed(layouts):
+        out = FourierUnit(4).train()(x)
+        grad = torch.randn_like(out)
+        out.backward(grad)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_sfrb_and_sfrir_follow_their_formulas(train):
     torch.manual_seed(1)
@@ -200,6 +215,10 @@ def test_fastest_measures_once_per_key_then_reuses_the_choice(monkeypatch):
     with layout.fixed("irfft2=channels_last", "rfft2=nchw"):
         layout.fastest("rfft2", [torch.zeros(5)], candidates(x))
     assert calls == ["nchw"] and len(layout.chosen()) == 1  # fixed: nothing measured
+    calls.clear()
+    layout.fastest("rfft2", [x], candidates(x), variant="copied")  # another result: measured
+    assert len(calls) == 2 * layout._ROUNDS
+    assert [c["op"] for c in layout.chosen()] == ["rfft2", "rfft2 (copied)"]
 
 
 def test_a_bad_fixed_layout_is_refused():

@@ -40,7 +40,7 @@ _ROUNDS = 3  # timed calls per candidate, interleaved; the minimum counts
 
 T = TypeVar("T")
 Key = Tuple[object, ...]
-#: (choice point, inputs, threads) -> (candidate, {candidate: best seconds})
+#: (choice point, inputs, threads, variant) -> (candidate, {candidate: best seconds})
 _chosen: Dict[Key, Tuple[str, Dict[str, float]]] = {}
 
 
@@ -80,20 +80,24 @@ def fixed(*names: str) -> Iterator[None]:
 
 def chosen() -> List[Dict[str, object]]:
     """The choices measured so far in this process, with each candidate's best seconds."""
-    return [{"op": key[0], "shapes": [list(shape) for shape, *_ in key[1]],
+    return [{"op": f"{key[0]} ({key[3]})" if key[3] else key[0],
+             "shapes": [list(shape) for shape, *_ in key[1]],
              "threads": key[2], "chosen": name, "seconds": seconds}
             for key, (name, seconds) in _chosen.items()]
 
 
-def fastest(op: str, like: Sequence[Tensor], candidates: Mapping[str, Callable[[], T]]) -> T:
-    """The result of ``op``'s candidate for inputs ``like``: fixed, cached or measured now."""
+def fastest(op: str, like: Sequence[Tensor], candidates: Mapping[str, Callable[[], T]],
+            variant: str = "") -> T:
+    """The result of ``op``'s candidate for inputs ``like``: fixed, cached or measured now.
+    ``variant`` names a kind of result the candidates give (timed and cached apart; fixed
+    choices apply to every variant)."""
     for name, fn in candidates.items():
         if name in fixed_choices() or f"{op}={name}" in fixed_choices():
             return fn()
     if torch.compiler.is_compiling() or _get_current_dispatch_mode() is not None:
         return next(iter(candidates.values()))()
     key = (op, tuple((tuple(t.shape), t.stride(), t.dtype, t.device) for t in like),
-           torch.get_num_threads())
+           torch.get_num_threads(), variant)
     if key in _chosen:
         return candidates[_chosen[key][0]]()
     device = like[0].device

@@ -119,15 +119,27 @@ def spectrum_rows(x: Tensor) -> Tensor:
     })
 
 
-def image_of_rows(spec: Tensor, width: int) -> Tensor:
+def image_of_rows(spec: Tensor, width: int, to_channels_last: bool) -> Tensor:
     """``irfft2(s=(H, width), norm="ortho")`` of contiguous ``B x H x W//2+1 x C`` rows,
-    ``B x C x H x width`` out. Candidates as ``spectrum_rows``'s."""
+    ``B x C x H x width`` out. Candidates as ``spectrum_rows``'s. torch's CPU FFT returns NCHW
+    memory for either input; ``to_channels_last`` adds the copy to channels_last (timed with
+    each candidate). Training wants it: the fuse product's rows and the gradient of the
+    channels_last SFL input are channels_last, and an NCHW tensor there makes a batched
+    product over transposed rows, autograd's sum of the input's two gradients and the ReLU's
+    backward strided loops over mixed layouts, which cost more than the copy; at inference
+    the product over transposed rows did not (BENCHMARKS.md, *Speed*, issue 28, eighth
+    session)."""
+    size = (spec.shape[1], width)
+
+    def out(image: Tensor) -> Tensor:
+        return layout.channels_last(image) if to_channels_last else image
+
     return layout.fastest("irfft2", [spec], {
-        "channels_last": lambda: torch.fft.irfftn(
-            spec, s=(spec.shape[1], width), dim=(1, 2), norm="ortho").permute(0, 3, 1, 2),
-        "nchw": lambda: torch.fft.irfft2(layout.nchw(spec.permute(0, 3, 1, 2)),
-                                         s=(spec.shape[1], width), norm="ortho"),
-    })
+        "channels_last": lambda: out(torch.fft.irfftn(
+            spec, s=size, dim=(1, 2), norm="ortho").permute(0, 3, 1, 2)),
+        "nchw": lambda: out(torch.fft.irfft2(
+            layout.nchw(spec.permute(0, 3, 1, 2)), s=size, norm="ortho")),
+    }, variant="channels_last out" if to_channels_last else "")
 
 
 def _as_rows(spec: Tensor) -> Tensor:
@@ -152,23 +164,23 @@ class _SpectrumRows(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
-        return image_of_rows(grad * _column_scale(grad, ctx.width, 0.5), ctx.width)
+        return image_of_rows(grad * _column_scale(grad, ctx.width, 0.5), ctx.width, True)
 
 
 class _ImageRows(torch.autograd.Function):
     """Inverse of ``_SpectrumRows``: ``irfft2`` of ``B x H x W//2+1 x C`` complex rows,
-    ``B x C x H x W`` real out."""
+    ``B x C x H x W`` real out (channels_last if ``to_channels_last``)."""
 
     @staticmethod
-    def forward(ctx, spec: Tensor, width: int) -> Tensor:
+    def forward(ctx, spec: Tensor, width: int, to_channels_last: bool) -> Tensor:
         ctx.width = width
-        return image_of_rows(spec, width)
+        return image_of_rows(spec, width, to_channels_last)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: Tensor):
         spec = spectrum_rows(grad)
-        return spec.mul_(_column_scale(spec, ctx.width, 2.0)), None
+        return spec.mul_(_column_scale(spec, ctx.width, 2.0)), None, None
 
 
 class _PointwiseBNReLU(torch.autograd.Function):
@@ -219,9 +231,10 @@ def _batch_norm_factor(bn: torch.nn.modules.batchnorm._BatchNorm) -> float:
 class FourierUnit(ReferenceFourierUnit):
     """``ReferenceFourierUnit`` on channels_last rows: one row per pixel or frequency.
 
-    ``B x C x H x W -> B x C x H x W`` in float32 (float64 for float64 inputs), in the memory
-    layout torch's FFT returns. Spectral channel order ``[re_0, im_0, re_1, im_1, ...]`` is
-    the interleaving of ``view_as_real``, so the 2C reals of a frequency are one row.
+    ``B x C x H x W -> B x C x H x W`` in float32 (float64 for float64 inputs), channels_last
+    (the spectral unit's output NCHW when grad is disabled, see ``image_of_rows``). Spectral
+    channel order ``[re_0, im_0, re_1, im_1, ...]`` is the interleaving of ``view_as_real``,
+    so the 2C reals of a frequency are one row.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -236,7 +249,7 @@ class FourierUnit(ReferenceFourierUnit):
         rows = self._conv_bn_relu(rows.to(x.dtype))
         with torch.autocast(x.device.type, enabled=False):
             spec = torch.view_as_complex(rows.to(real).view(b, h, -1, c, 2))
-            return _ImageRows.apply(spec, w)
+            return _ImageRows.apply(spec, w, torch.is_grad_enabled())
 
     def _conv_bn_relu(self, rows: Tensor) -> Tensor:
         """Conv1x1 -> BN -> ReLU on an ``N x width`` matrix (one row per pixel/frequency)."""
