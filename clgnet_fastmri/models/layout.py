@@ -6,7 +6,8 @@ rows of a channels_last tensor beat a transpose to NCHW, and oneDNN's channels_l
 gradient lost to NCHW copies; on an Intel Xeon (AVX-512) both go the other way
 (BENCHMARKS.md, *Speed*, issue 28). So each choice point (``OPS``) names its candidates,
 functions computing the same result up to float rounding, and the first call with a new key
-(the choice point, the inputs' device, shapes, strides and dtype, the thread count) times
+(the choice point, the inputs' device, shapes, strides and dtype, the thread count, and the
+kind of result asked for, e.g. the inverse FFT with or without its copy to channels_last) times
 each candidate and keeps the fastest for the rest of the process (``chosen()`` lists the
 choices and their times).
 
