@@ -10,6 +10,7 @@ import copy
 import shutil
 
 import pytest
+import scipy.fft
 import torch
 import torch.nn.functional as F
 
@@ -29,7 +30,10 @@ from clgnet_fastmri.models import (
 from clgnet_fastmri.models.clgnet import _conv3x3_of_concat
 
 # Every candidate of every layout choice, fixed (the default measures and picks one).
-LAYOUTS = ["channels_last,strided", "nchw,blocked", "channels_last,blocked", "nchw,strided"]
+# The FFT candidates (channels_last, nchw, pocketfft) each with a copy candidate, then the pairs
+# left; the whole-network tests take the first three.
+LAYOUTS = ["channels_last,strided", "nchw,blocked", "pocketfft,strided", "channels_last,blocked",
+           "nchw,strided", "pocketfft,blocked"]
 
 
 def _tiny(**kwargs) -> CLGNet:
@@ -143,6 +147,20 @@ def test_fourier_unit_keeps_channels_last_forward_and_backward(layouts):
     assert x.grad.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_fixed_pocketfft_runs_every_fft_of_a_fourier_unit_in_pocketfft(monkeypatch):
+    # With the reference tests above under the same fixed layout, this shows the pocketfft
+    # candidates compute the paper's formula forward and backward (not a torch fallback).
+    calls = []
+    for name in ("rfftn", "irfftn"):
+        fft = getattr(scipy.fft, name)
+        monkeypatch.setattr(scipy.fft, name, lambda *a, _name=name, _fft=fft, **k:
+                            calls.append(_name) or _fft(*a, **k))
+    x = torch.randn(2, 4, 10, 13, dtype=torch.float64, requires_grad=True)
+    with layout.fixed("pocketfft"):
+        FourierUnit(4).double().train()(x).sum().backward()
+    assert calls == ["rfftn", "irfftn", "rfftn", "irfftn"]  # forward pair, then backward pair
+
+
 @pytest.mark.parametrize("train", [False, True])
 def test_sfrb_and_sfrir_follow_their_formulas(train):
     torch.manual_seed(1)
@@ -151,7 +169,7 @@ def test_sfrb_and_sfrir_follow_their_formulas(train):
     _check_against_reference(SFRIR(4, num_sfrb=2), ReferenceSFRIR(4, num_sfrb=2), x, train)
 
 
-@pytest.mark.parametrize("layouts", LAYOUTS[:2])
+@pytest.mark.parametrize("layouts", LAYOUTS[:3])
 @pytest.mark.parametrize("train", [False, True])
 @pytest.mark.parametrize(
     "kwargs",
@@ -336,13 +354,18 @@ def test_bad_arguments_are_refused():
 
 
 def _record_fft_dtypes(monkeypatch) -> list:
-    """The dtypes of every tensor torch's real FFTs get from now on (in the list returned):
-    rfftn/irfftn and rfft2/irfft2, whichever layout ``models/layout.py`` picked."""
+    """The dtypes of every tensor the real FFTs get from now on (in the list returned):
+    torch's rfftn/irfftn and rfft2/irfft2 and pocketfft's (scipy.fft) rfftn/irfftn, whichever
+    layout ``models/layout.py`` picked."""
     seen = []
     for name in ("rfftn", "irfftn", "rfft2", "irfft2"):
         fft = getattr(torch.fft, name)
         monkeypatch.setattr(torch.fft, name,
                             lambda t, *a, _fft=fft, **k: seen.append(t.dtype) or _fft(t, *a, **k))
+    for name in ("rfftn", "irfftn"):
+        fft = getattr(scipy.fft, name)
+        monkeypatch.setattr(scipy.fft, name, lambda a, *args, _fft=fft, **k: seen.append(
+            torch.from_numpy(a[:0]).dtype) or _fft(a, *args, **k))
     return seen
 
 

@@ -13,9 +13,11 @@ choices and their times).
 
 Candidates: ``"channels_last"`` (work on the channels_last tensor as it is) or ``"nchw"``
 (on NCHW copies) for the Fourier units' FFTs and the 3x3 convolutions' weight gradients
-(``sfl.py``); ``"strided"`` (torch's strided copy) or ``"blocked"`` (one 2-D transposing
-copy per sample, which torch runs in cache blocks) for the copies between NCHW and
-channels_last. Fix choices with the environment variable ``CLGNET_LAYOUT`` or ``fixed(...)``:
+(``sfl.py``), and for the FFTs of CPU tensors also ``"pocketfft"`` (``scipy.fft`` on the
+channels_last rows: its output keeps the input's axis order, where torch's puts the
+transformed axes innermost); ``"strided"`` (torch's strided copy) or ``"blocked"`` (one 2-D
+transposing copy per sample, which torch runs in cache blocks) for the copies between NCHW
+and channels_last. Fix choices with the environment variable ``CLGNET_LAYOUT`` or ``fixed(...)``:
 comma-separated candidate names (for every choice point that has one) or ``op=name`` pairs,
 e.g. ``CLGNET_LAYOUT=nchw,blocked`` or ``CLGNET_LAYOUT=rfft2=channels_last,irfft2=channels_last,
 conv_weight_grad=nchw,transpose=strided`` (the layouts tuned on AMD EPYC before measurement);
@@ -36,7 +38,7 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 ENV = "CLGNET_LAYOUT"
 OPS = ("rfft2", "irfft2", "conv_weight_grad", "transpose")
-CANDIDATES = ("channels_last", "nchw", "strided", "blocked")
+CANDIDATES = ("channels_last", "nchw", "pocketfft", "strided", "blocked")
 _ROUNDS = 3  # timed calls per candidate, interleaved; the minimum counts
 
 T = TypeVar("T")

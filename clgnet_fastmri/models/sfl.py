@@ -10,11 +10,12 @@ faster form:
   3x3 convolution's weights (one linear map after another is one linear map) and its global
   half is added onto that convolution's output in place.
 - The spectrum is held as ``B x H x W//2+1 x C`` rows (the 2C reals of a frequency in one
-  row, for the 1x1 product); the FFTs run on the rows directly or on NCHW copies, whichever
-  ``layout.fastest`` measured faster on this machine, and the copies between NCHW and
-  channels_last are ``layout``'s. FFTs always run in float32 (also under autocast and for
-  half-precision models: cuFFT's half precision only takes power-of-two sizes, and a
-  320-pixel image gives 160-pixel branches). The FFT pair is written out as autograd
+  row, for the 1x1 product); the FFTs run on the rows directly, on NCHW copies, or (CPU) in
+  pocketfft (``scipy.fft``), which returns rows for rows, whichever ``layout.fastest``
+  measured fastest on this machine; the copies between NCHW and channels_last are
+  ``layout``'s. FFTs always run in float32 (also under autocast and for half-precision
+  models: cuFFT's half precision only takes power-of-two sizes, and a 320-pixel image gives
+  160-pixel branches). The FFT pair is written out as autograd
   functions whose backward is half the work of torch's own.
 - In training, a Fourier unit's Conv1x1 -> BN -> ReLU keeps only its input for the backward
   and recomputes the rest there (``_PointwiseBNReLU``): one matrix product more per unit, two
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import scipy.fft
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -110,36 +112,54 @@ def _column_scale(like: Tensor, width: int, value: float) -> Tensor:
 
 def spectrum_rows(x: Tensor) -> Tensor:
     """``rfft2(x, norm="ortho")`` of ``B x C x H x W`` ``x`` as contiguous ``B x H x W//2+1 x C``
-    rows. Candidates: the FFT over dims (1, 2) of the channels_last rows, or ``rfft2`` of an
-    NCHW copy; torch's CPU FFT returns NCHW memory in both, copied into rows after."""
-    return layout.fastest("rfft2", [x], {
+    rows. Candidates: torch's FFT over dims (1, 2) of the channels_last rows, or ``rfft2`` of
+    an NCHW copy (torch's CPU FFT returns NCHW memory in both, copied into rows after), or
+    (CPU) pocketfft over the rows, which writes rows."""
+    candidates = {
         "channels_last": lambda: _as_rows(torch.fft.rfftn(
             x.permute(0, 2, 3, 1), dim=(1, 2), norm="ortho").permute(0, 3, 1, 2)),
         "nchw": lambda: _as_rows(torch.fft.rfft2(layout.nchw(x), norm="ortho")),
-    })
+    }
+    if _on_host(x):
+        candidates["pocketfft"] = lambda: torch.from_numpy(scipy.fft.rfftn(
+            x.permute(0, 2, 3, 1).numpy(force=True), axes=(1, 2), norm="ortho",
+            workers=torch.get_num_threads()))
+    return layout.fastest("rfft2", [x], candidates)
 
 
 def image_of_rows(spec: Tensor, width: int, to_channels_last: bool) -> Tensor:
     """``irfft2(s=(H, width), norm="ortho")`` of contiguous ``B x H x W//2+1 x C`` rows,
     ``B x C x H x width`` out. Candidates as ``spectrum_rows``'s. torch's CPU FFT returns NCHW
-    memory for either input; ``to_channels_last`` adds the copy to channels_last (timed with
-    each candidate). Training wants it: the fuse product's rows and the gradient of the
-    channels_last SFL input are channels_last, and an NCHW tensor there makes a batched
-    product over transposed rows, autograd's sum of the input's two gradients and the ReLU's
-    backward strided loops over mixed layouts, which cost more than the copy; at inference
-    the product over transposed rows did not (BENCHMARKS.md, *Speed*, issue 28, eighth
-    session)."""
+    memory for either input, pocketfft channels_last; ``to_channels_last`` adds the copy to
+    channels_last where one is needed (timed with each candidate). Training wants it: the
+    fuse product's rows and the gradient of the channels_last SFL input are channels_last,
+    and an NCHW tensor there makes a batched product over transposed rows, autograd's sum of
+    the input's two gradients and the ReLU's backward strided loops over mixed layouts, which
+    cost more than the copy; at inference the product over transposed rows did not
+    (BENCHMARKS.md, *Speed*, issue 28, eighth session)."""
     size = (spec.shape[1], width)
 
     def out(image: Tensor) -> Tensor:
         return layout.channels_last(image) if to_channels_last else image
 
-    return layout.fastest("irfft2", [spec], {
+    candidates = {
         "channels_last": lambda: out(torch.fft.irfftn(
             spec, s=size, dim=(1, 2), norm="ortho").permute(0, 3, 1, 2)),
         "nchw": lambda: out(torch.fft.irfft2(
             layout.nchw(spec.permute(0, 3, 1, 2)), s=size, norm="ortho")),
-    }, variant="channels_last out" if to_channels_last else "")
+    }
+    if _on_host(spec):
+        candidates["pocketfft"] = lambda: torch.from_numpy(scipy.fft.irfftn(
+            spec.numpy(force=True), s=size, axes=(1, 2), norm="ortho",
+            workers=torch.get_num_threads())).permute(0, 3, 1, 2)
+    return layout.fastest("irfft2", [spec], candidates,
+                          variant="channels_last out" if to_channels_last else "")
+
+
+def _on_host(x: Tensor) -> bool:
+    """Whether pocketfft (NumPy arrays) can take ``x``: a CPU tensor outside ``torch.compile``,
+    which cannot trace into it."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 def _as_rows(spec: Tensor) -> Tensor:
@@ -232,9 +252,9 @@ class FourierUnit(ReferenceFourierUnit):
     """``ReferenceFourierUnit`` on channels_last rows: one row per pixel or frequency.
 
     ``B x C x H x W -> B x C x H x W`` in float32 (float64 for float64 inputs), channels_last
-    (the spectral unit's output NCHW when grad is disabled, see ``image_of_rows``). Spectral
-    channel order ``[re_0, im_0, re_1, im_1, ...]`` is the interleaving of ``view_as_real``,
-    so the 2C reals of a frequency are one row.
+    (when grad is disabled, the spectral unit's output is in the layout its inverse FFT gives,
+    see ``image_of_rows``). Spectral channel order ``[re_0, im_0, re_1, im_1, ...]`` is the
+    interleaving of ``view_as_real``, so the 2C reals of a frequency are one row.
     """
 
     def forward(self, x: Tensor) -> Tensor:
