@@ -156,8 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--data_path", type=Path, default=None,
         help="fastMRI data root holding <challenge>_train/_val/_test; "
         "if omitted, the built-in synthetic brain demo set is generated and used, with the "
-        "demo's defaults (CLGNet: L1 alone, --alpha 0, no BatchNorm refresh, "
-        "--bn_stats_batches 0)",
+        "demo's defaults (CLGNet: no BatchNorm refresh, --bn_stats_batches 0)",
     )
     data.add_argument("--challenge", choices=CHALLENGES, default=None,
                       help="default singlecoil (multicoil for --model varnet)")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from clgnet_fastmri.data.synthetic import make_dataset
+from clgnet_fastmri.losses import PAPER_ALPHA
 
 # The CI machine and the developers' have 2 cores; more threads only add contention.
 torch.set_num_threads(2)
@@ -37,8 +38,10 @@ def multicoil_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny() -> dict:
     """``CLGNetModule`` arguments of the tiny model the tests train: every part of CLGNet and
-    its loss present (random VGG19, no download), a fit of a few slices in seconds."""
-    return dict(chans=4, num_sfrir=1, num_sfrb=1, vgg_weights=None, k_negatives=2)
+    its loss present (the paper's contrastive loss, which the default leaves out, with a
+    random VGG19: no download), a fit of a few slices in seconds."""
+    return dict(chans=4, num_sfrir=1, num_sfrb=1, alpha=PAPER_ALPHA, vgg_weights=None,
+                k_negatives=2)
 
 
 @pytest.fixture(scope="session")

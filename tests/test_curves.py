@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from clgnet_fastmri.bench.curves import (
     comparison_points,
@@ -171,3 +172,25 @@ def test_runs_stopped_at_a_plateau_continue_under_a_stricter_rule(knee_data, tmp
     assert main([*args, "--plateau-db", "0"]) == 0  # no plateau stop: goes on
     (run,) = json.loads((out / "curves.json").read_text())["runs"].values()
     assert run["stopped"] == "max_steps" and [p["step"] for p in run["points"]] == [2, 4, 6]
+
+
+@pytest.mark.slow
+@pytest.mark.reliability
+def test_a_run_does_not_resume_under_other_module_settings(knee_data, tmp_path, capsys):
+    """A default changed since a run started (here: its checkpoint says another lr) would
+    join two recipes in one curve: refused, naming the checkpoint and the setting."""
+    out = tmp_path / "curves"
+    args = _args(knee_data, out)
+    args[args.index("--models") + 1:args.index("--eval-every")] = [TINY[0]]
+    assert main([*args, "--max-minutes", "1e-6"]) == 0
+    checkpoint = next(out.glob("*/last.ckpt"))
+    state = torch.load(checkpoint, weights_only=True)
+    state["hyper_parameters"]["lr"] = 0.5
+    torch.save(state, checkpoint)
+    before = (out / "curves.json").read_text()
+
+    capsys.readouterr()
+    assert main([*args, "--max-minutes", "60"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(checkpoint) in err and "lr 0.5 there, 0.001 now" in err, err
+    assert (out / "curves.json").read_text() == before  # the curve is left as it was

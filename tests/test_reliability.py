@@ -897,7 +897,8 @@ def test_a_diverged_run_stops_and_keeps_the_last_finite_checkpoint(
     (["--model", "unet", "--precision", "16-true"], "--precision 16-true: Unet cannot be"),
     (["--model", "varnet", "--precision", "16-true"], "--precision 16-true: fastmri's VarNet"),
     (["--precision", "transformer-engine"], "transformer_engine package"),
-    (["--crop_size", "2", "2"], "--crop_size 2 2: the contrastive loss's VGG19 needs crops"),
+    (["--alpha", "0.05", "--crop_size", "2", "2"],
+     "--crop_size 2 2: the contrastive loss's VGG19 needs crops"),
     (["--alpha", "0", "--vgg_weights", "nowhere.pth"], "nowhere.pth: VGG19 weights file not"),
 ])
 def test_settings_that_cannot_train_are_refused_before_any_work(refused_train, argv, named):

@@ -13,6 +13,7 @@ import torch
 
 from clgnet_fastmri.checkpoints import load_clgnet
 from clgnet_fastmri.errors import UserError
+from clgnet_fastmri.losses import PAPER_ALPHA
 from clgnet_fastmri.models import CLGNet, layout
 from clgnet_fastmri.models.registry import VARIANTS, build_network, networks
 from clgnet_fastmri.pl_modules.clgnet_module import CLGNetModule
@@ -27,9 +28,11 @@ def test_options_are_the_module_signature():
     for name, param in params.items():
         if name != "self":
             assert parsed[name] == param.default, name
-    # The paper's settings (Sec. 4.1), stated once in the signature.
-    paper = dict(chans=32, num_sfrir=4, num_sfrb=3, alpha=0.05, k_negatives=6)
+    # The paper's settings (Sec. 4.1), stated once in the signature; its loss weight is
+    # PAPER_ALPHA, reached with alpha=0.05, the default being L1 alone.
+    paper = dict(chans=32, num_sfrir=4, num_sfrb=3, k_negatives=6)
     assert {k: signature_defaults(CLGNetModule)[k] for k in paper} == paper
+    assert signature_defaults(CLGNetModule)["alpha"] == 0 and PAPER_ALPHA == 0.05
     # CLGNet's own defaults agree with the module's.
     network = signature_defaults(CLGNet)
     for name in CLGNetModule.NETWORK_HPARAMS:
@@ -60,14 +63,16 @@ def test_rules_describe_their_range():
 
 def test_registry_builds_each_variant_network():
     assert {"clgnet", "no-wavelet", "no-sfl", "sa", "tran", "unet"} <= set(networks())
-    assert {"no-cl", "no-negative"}.isdisjoint(networks())  # same network as CLGNet
+    assert {"with-cl", "no-cl", "no-negative"}.isdisjoint(networks())  # CLGNet's network
     tiny = dict(chans=8, num_sfrir=1, num_sfrb=1)
     plain = repr(CLGNet(**tiny))
     for name in ("no-wavelet", "no-sfl", "sa", "tran"):
         built = repr(build_network(name, **tiny))
         assert built != plain and built == repr(CLGNet(**tiny, **VARIANTS[name].network)), name
+    # The loss rows name their alpha, so that they keep their meaning whatever the default.
+    assert VARIANTS["with-cl"].training == {"alpha": PAPER_ALPHA}
     assert VARIANTS["no-cl"].training == {"alpha": 0.0}
-    assert VARIANTS["no-negative"].training == {"use_negatives": False}
+    assert VARIANTS["no-negative"].training == {"alpha": PAPER_ALPHA, "use_negatives": False}
     # Every CLGNet variant's arguments are CLGNetModule settings.
     for name, variant in VARIANTS.items():
         if variant.model == "clgnet":

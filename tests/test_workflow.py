@@ -62,7 +62,8 @@ def test_each_model_gets_fastmri_demo_defaults():
     (["--vgg_weights", "random"], True, 0.0, 0, 4),  # the CPU demo: L1 alone, no BN refresh
     (["--vgg_weights", "random", "--alpha", "0.05", "--bn_stats_batches", "4"], True, 0.05, 4,
      4),  # explicit values win
-    (["--vgg_weights", "random"], False, 0.05, 16, 10),  # real data: the paper's loss and batch
+    (["--vgg_weights", "random"], False, 0.0, 16, 10),  # real data: L1 alone, paper's batch
+    (["--alpha", "0.05"], False, 0.05, 16, 10),  # the paper's loss
     (["--model", "unet"], True, None, None, 4),  # U-Net has no contrastive loss, no BatchNorm
 ])
 def test_demo_and_data_defaults_fill_only_unset_options(argv, demo, alpha, bn_batches,

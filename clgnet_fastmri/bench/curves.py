@@ -52,7 +52,7 @@ from fastmri.data.subsample import RandomMaskFunc
 from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
 
-from ..checkpoints import AtomicCheckpointIO
+from ..checkpoints import AtomicCheckpointIO, read_checkpoint
 from ..data.fastmri_layout import ANATOMIES
 from ..data.transforms import CLGNetDataTransform
 from ..errors import UserError
@@ -62,7 +62,7 @@ from ..pl_modules.data_module import CLGNetDataModule
 from ..training import build_module, cached_dataset
 from .quality import add_training_arguments, parse_spec, run_config, run_name
 
-DEFAULT_MODELS = ("unet", "clgnet", "no-cl", "no-sfl")
+DEFAULT_MODELS = ("unet", "clgnet", "with-cl", "no-sfl")
 #: The built-in learning-curve sets (see the module doc).
 CURVE_DATA = dict(size=128, num_slices=8, splits={"train": 24, "val": 4})
 #: From this image size on, the built-in set validates on 2 volumes instead of 4.
@@ -329,6 +329,8 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
     quality_args = argparse.Namespace(**vars(args), num_workers=0)
     module = build_module(run_config(name, overrides, data_path, quality_args, root))
     resume = root / "last.ckpt"
+    if resume.is_file():
+        check_same_recipe(resume, module)
 
     def record() -> Dict[str, Any]:
         return {"model": name, "label": VARIANTS[name].label, "overrides": overrides,
@@ -356,6 +358,20 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
         recorder.stopped = "max_steps"
     publish(record())
     return record()
+
+
+def check_same_recipe(checkpoint: Path, module: pl.LightningModule) -> None:
+    """A run resumes only under the module arguments it was trained with: a default changed
+    since it started, or other overrides, would join two recipes in one curve."""
+    saved = read_checkpoint(checkpoint).get("hyper_parameters", {})
+    changed = [f"{key} {saved[key]!r} there, {value!r} now"
+               for key, value in module.hparams.items() if key in saved and saved[key] != value]
+    if changed:
+        raise UserError(
+            f"{checkpoint}: this run was trained with other settings ({'; '.join(changed)}); "
+            "resume it with the code and overrides it was started with, or move its folder "
+            "away to train it afresh"
+        )
 
 
 def summarize(runs: Dict[str, Dict[str, Any]]) -> List[Dict[str, Any]]:

@@ -51,16 +51,15 @@ from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
 from ..errors import UserError
 from ..files import atomic_output, check_output_file
-from ..losses import CLGNetLoss, ContrastiveLoss, VGG19Features
+from ..losses import PAPER_ALPHA, CLGNetLoss, ContrastiveLoss, VGG19Features
 from ..models import layout
 from ..models.registry import UNET, VARIANTS, build_network, count_parameters, networks
 from ..pl_modules.clgnet_module import CLGNetModule
 from ..settings import signature_defaults
 
 DEFAULT_SIZES = (256, 320, 512)
-# CLGNet's loss as CLGNetModule trains it (the paper's weight of L_CL and negatives).
-_PAPER = signature_defaults(CLGNetModule)
-ALPHA, K_NEGATIVES = _PAPER["alpha"], _PAPER["k_negatives"]
+# The paper's loss: its weight of L_CL, and the negatives CLGNetModule draws for it.
+ALPHA, K_NEGATIVES = PAPER_ALPHA, signature_defaults(CLGNetModule)["k_negatives"]
 
 _aten = torch.ops.aten
 

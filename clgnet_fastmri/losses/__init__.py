@@ -2,6 +2,7 @@
 
 from .contrastive import (
     DEFAULT_LAYER_WEIGHTS,
+    PAPER_ALPHA,
     CLGNetLoss,
     ContrastiveLoss,
     LossParts,
@@ -27,6 +28,7 @@ __all__ = [
     "IMAGENET_URL",
     "LAYER_NAMES",
     "LossParts",
+    "PAPER_ALPHA",
     "VGG19Features",
     "VGG19Weights",
     "VGG_WEIGHTS_CHOICES",

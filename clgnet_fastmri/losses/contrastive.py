@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from ..models.registry import PAPER_ALPHA
 from .vgg import VGG19Features
 
 DEFAULT_LAYER_WEIGHTS = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
@@ -258,7 +259,7 @@ class CLGNetLoss(nn.Module):
     ``contrastive`` part is a zero.
     """
 
-    def __init__(self, alpha: float = 0.05, contrastive: Optional[ContrastiveLoss] = None):
+    def __init__(self, alpha: float = PAPER_ALPHA, contrastive: Optional[ContrastiveLoss] = None):
         super().__init__()
         if not alpha >= 0:
             raise ValueError(f"alpha must be >= 0, not {alpha}")

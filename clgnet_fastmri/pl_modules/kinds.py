@@ -87,13 +87,11 @@ def _kspace_transform(challenge: str, mask_func: Optional[MaskFunc] = None,
 _VARNET_DEMO = {"challenge": "multicoil", "mask_type": "equispaced_fraction", "batch_size": 1}
 KINDS: Dict[str, ModelKind] = {
     # Real data: the paper's batch size (CLGNet), fastmri's demos' per-device 1 (baselines).
-    # The CPU demo trains with L1 alone: the contrastive loss's VGG19 makes a step about half
-    # as dear again, and the steps it costs are worth more to a 5-minute run than the loss.
-    # It skips the BatchNorm refresh too: a demo epoch is a few dozen batches, and its cosine
-    # schedule ends with the weights still, where the running averages are right.
+    # The CPU demo skips the BatchNorm refresh: a demo epoch is a few dozen batches, and its
+    # cosine schedule ends with the weights still, where the running averages are right.
     "clgnet": ModelKind("clgnet", "CLGNet", CLGNetModule, "clgnet", _image_transform,
                         INSTANCE_NORM, data_defaults={"batch_size": 10},
-                        demo_defaults={"alpha": 0.0, "bn_stats_batches": 0},
+                        demo_defaults={"bn_stats_batches": 0},
                         contrastive=True, crops=True, extensible=True,
                         # A wall-clock budget has no known step count for the cosine schedule.
                         timed_run_args={"lr_schedule": "constant", "num_log_images": 0}),
