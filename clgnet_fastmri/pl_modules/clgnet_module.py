@@ -45,10 +45,11 @@ class CLGNetModule(Lightning2Bridge, MriModule):
             "w/o SFL" one.
         alpha: Weight of the contrastive loss; 0 (the default) trains with L1 only ("w/o
             L_CL") and never builds VGG19. Not the paper's 0.05 (``PAPER_ALPHA``): with it a
-            step costs about twice as much, for a per-step gain no larger than the spread
-            between two runs of one model, at 256 x 256 on both anatomies (and 0.13 dB in the
-            paper's Table 3), so at equal training time L1 alone is ahead (BENCHMARKS.md,
-            *256 x 256, fifth session*). ``alpha=0.05`` reproduces the paper's loss.
+            step costs about twice as much, for a per-step gain small beside that cost at
+            256 x 256 on both built-in anatomies (and 0.13 dB in the paper's Table 3), so at
+            equal training time L1 alone is ahead (BENCHMARKS.md, *256 x 256, fifth
+            session*). ``alpha=0.05`` reproduces the
+            paper's loss.
         k_negatives, use_negatives, cl_reduction: The contrastive loss (``ContrastiveLoss``).
         vgg_weights: "imagenet", a path to a VGG19 state dict, or None for random init. Only
             read when fitting: evaluating or predicting with a checkpoint never needs VGG19.
@@ -85,8 +86,8 @@ class CLGNetModule(Lightning2Bridge, MriModule):
                               "'self_attention' and 'swin' are the paper's CLGNet_SA and "
                               "CLGNet_Tran", choices=GLOBAL_MODULES),
         "alpha": Rule("weight of the contrastive loss; 0 = L1 only, no VGG19 (the paper's "
-                      "0.05 costs twice the time per step for no gain beyond run-to-run "
-                      "spread; see README)", low=0, high=1e3),
+                      "0.05 doubles a step's time for a small gain per step; see README)",
+                      low=0, high=1e3),
         "k_negatives": Rule("negatives per sample in the contrastive loss", low=1, high=64),
         "use_negatives": Rule("'w/o negative' ablation", flag="--no_negatives"),
         "cl_reduction": Rule("how the contrastive ratio is averaged", choices=REDUCTIONS),
