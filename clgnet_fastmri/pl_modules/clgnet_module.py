@@ -35,9 +35,8 @@ class CLGNetModule(Lightning2Bridge, MriModule):
     images to TensorBoard.
 
     The signature's defaults are the paper's settings (Sec. 4.1), except ``lr`` and ``alpha``;
-    ``RULES``
-    holds each argument's allowed values and help, and ``add_model_specific_args`` makes the
-    two into command-line options (fastmri's ``UnetModule`` convention).
+    ``RULES`` holds each argument's allowed values and help, and ``add_model_specific_args``
+    makes the two into command-line options (fastmri's ``UnetModule`` convention).
 
     Args:
         chans, num_sfrir, num_sfrb, wavelet, global_module: The network (``CLGNet``);
@@ -48,8 +47,7 @@ class CLGNetModule(Lightning2Bridge, MriModule):
             step costs about twice as much, for a per-step gain small beside that cost at
             256 x 256 on both built-in anatomies (and 0.13 dB in the paper's Table 3), so at
             equal training time L1 alone is ahead (BENCHMARKS.md, *256 x 256, fifth
-            session*). ``alpha=0.05`` reproduces the
-            paper's loss.
+            session*). ``alpha=0.05`` reproduces the paper's loss.
         k_negatives, use_negatives, cl_reduction: The contrastive loss (``ContrastiveLoss``).
         vgg_weights: "imagenet", a path to a VGG19 state dict, or None for random init. Only
             read when fitting: evaluating or predicting with a checkpoint never needs VGG19.
