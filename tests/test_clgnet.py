@@ -310,6 +310,28 @@ def test_local_only_variant_does_not():
     assert (spectral[:3, :3] > 0).all()  # while the full SFL reaches the far corner
 
 
+@pytest.mark.parametrize("factor", [0.0, 0.25])
+def test_global_init_scales_only_the_fuse_weights_that_read_the_fourier_unit(factor):
+    torch.manual_seed(8)
+    default = _tiny(num_sfrb=2)
+    torch.manual_seed(8)
+    scaled = _tiny(num_sfrb=2, global_init=factor)
+    expected, got = default.state_dict(), scaled.state_dict()
+    assert expected.keys() == got.keys()
+    fuses = [name for name in got if name.endswith("fuse.weight")]
+    assert len(fuses) == 2 * 2 * 2  # two SFLs in each of two SFRBs in each of two branches
+    for name in got:
+        want = expected[name].clone()
+        if name in fuses:
+            want[:, 4:] *= factor  # input channels [local (C = 4), global]
+        torch.testing.assert_close(got[name], want, rtol=0, atol=0, msg=name)
+    if factor == 0:  # the Fourier units start silent but their fuse weights learn at once
+        scaled(torch.randn(2, 1, 16, 16)).square().mean().backward()
+        for name, p in scaled.named_parameters():
+            if name.endswith("fuse.weight"):
+                assert p.grad[:, 4:].abs().sum() > 0, name
+
+
 # --- shapes, gradients, modes, precision ----------------------------------------------------
 
 

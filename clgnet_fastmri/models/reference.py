@@ -24,7 +24,8 @@ Choices the paper leaves open:
   Conv1x1 -> BN -> ReLU, now on the C spatial channels, so the layer sees only a 3x3
   neighbourhood. This is what gives the paper's 0.81 M parameters.
 - Convolutions: zero padding, bias (except the Fourier unit's Conv1x1, which BatchNorm
-  follows), PyTorch's default initialisation; BatchNorm with PyTorch's defaults. No
+  follows), PyTorch's default initialisation, which ``global_init`` can scale on the fuse
+  convolutions' global half; BatchNorm with PyTorch's defaults. No
   activation after an SFL; the ReLU inside the SFRB sits between its two SFLs (EDSR/RCAN
   residual block). Residuals are unscaled. SFRIR = RCAN's residual group with SFRBs in place
   of its channel-attention blocks.
@@ -148,6 +149,18 @@ def make_body(chans: int, num_sfrir: int, num_sfrb: int, global_module: str,
     return nn.Sequential(*blocks)
 
 
+def scale_global_init(net: nn.Module, factor: float) -> None:
+    """Multiply the weights of every SFL's fuse convolution that read its global half
+    (``fuse.weight[:, C:]``, the Fourier unit's output) by ``factor``; 1 leaves PyTorch's
+    default initialisation, 0 starts each SFL as its local path alone."""
+    if factor == 1.0:
+        return
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, ReferenceSFL):
+                module.fuse.weight[:, module.local.out_channels:].mul_(factor)
+
+
 class ReferenceBranch(nn.Module):
     """``Up(Conv3x3_C->4C(body(Conv3x3_4C->C(Down(x))))) [+ x]``, ``B x C x H x W`` in and out.
 
@@ -189,6 +202,7 @@ class ReferenceCLGNet(nn.Module):
         num_sfrb: int = 3,
         wavelet: Optional[str] = "haar",
         global_module: str = "fourier",
+        global_init: float = 1.0,
     ):
         super().__init__()
         self.in_chans, self.out_chans, self.chans = in_chans, out_chans, chans
@@ -204,6 +218,7 @@ class ReferenceCLGNet(nn.Module):
         self.wavelet_branch = branch(wavelet)
         self.spatial_branch = branch(None)
         self.net_out = nn.Conv2d(2 * chans, out_chans, kernel_size=3, padding=1)
+        scale_global_init(self, global_init)
 
     def forward(self, image: Tensor) -> Tensor:
         h, w = self.check_input(image)

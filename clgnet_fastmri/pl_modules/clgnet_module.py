@@ -42,6 +42,8 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         chans, num_sfrir, num_sfrb, wavelet, global_module: The network (``CLGNet``);
             ``wavelet=None`` is the "w/o wavelet" ablation, ``global_module="none"`` the
             "w/o SFL" one.
+        global_init: Initial scale of the SFLs' fuse weights on the Fourier unit's output
+            (``CLGNet``); initialisation only, so not among ``NETWORK_HPARAMS``.
         alpha: Weight of the contrastive loss; 0 (the default) trains with L1 only ("w/o
             L_CL") and never builds VGG19. Not the paper's 0.05 (``PAPER_ALPHA``): with it a
             step costs about twice as much, for a per-step gain small beside that cost at
@@ -83,6 +85,9 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         "global_module": Rule("'none' is the 'w/o SFL' ablation (local convolutions only); "
                               "'self_attention' and 'swin' are the paper's CLGNet_SA and "
                               "CLGNet_Tran", choices=GLOBAL_MODULES),
+        "global_init": Rule("initial scale of each SFL's fuse weights on its Fourier unit's "
+                            "output (1 = PyTorch's initialisation, 0 = each SFL starts local)",
+                            low=0, high=10),
         "alpha": Rule("weight of the contrastive loss; 0 = L1 only, no VGG19 (the paper's "
                       "0.05 doubles a step's time for a small gain per step; see README)",
                       low=0, high=1e3),
@@ -118,6 +123,7 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         num_sfrb: int = 3,
         wavelet: Optional[str] = "haar",
         global_module: str = "fourier",
+        global_init: float = 1.0,
         alpha: float = 0.0,
         k_negatives: int = 6,
         use_negatives: bool = True,
@@ -142,6 +148,7 @@ class CLGNetModule(Lightning2Bridge, MriModule):
             num_sfrb=num_sfrb,
             wavelet=wavelet,
             global_module=global_module,
+            global_init=global_init,
         )
         self.loss: Optional[CLGNetLoss] = None
 
