@@ -8,6 +8,7 @@ state dict, with every layout candidate ``models.layout`` may choose.
 
 import copy
 import shutil
+import threading
 
 import pytest
 import scipy.fft
@@ -27,7 +28,7 @@ from clgnet_fastmri.models import (
     ReferenceSFRIR,
     layout,
 )
-from clgnet_fastmri.models.clgnet import _conv3x3_of_concat
+from clgnet_fastmri.models.clgnet import _conv3x3_of_concat, side_by_side
 
 # Every candidate of every layout choice, fixed (the default measures and picks one).
 # The FFT candidates (channels_last, nchw, pocketfft) each with a copy candidate, then the pairs
@@ -349,6 +350,73 @@ def test_gradients_reach_every_parameter():
     model(torch.randn(2, 1, 16, 12)).square().mean().backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing
+
+
+def _branch_threads(model: CLGNet, x: torch.Tensor) -> tuple:
+    """The output and the threads each branch ran on (wavelet, spatial)."""
+    seen = {}
+    for name in ("wavelet_branch", "spatial_branch"):
+        getattr(model, name).register_forward_hook(
+            lambda module, args, out, name=name: seen.__setitem__(name, threading.get_ident()))
+    out = model(x)
+    return out, (seen["wavelet_branch"], seen["spatial_branch"])
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_inference_on_two_threads_runs_the_branches_side_by_side(mode):
+    torch.manual_seed(9)
+    model = _tiny(num_sfrb=2).eval()
+    _randomise_bn(model)
+    x = torch.randn(2, 1, 24, 20)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with mode():
+            expected, (wavelet, spatial) = _branch_threads(model, x)
+        assert wavelet == spatial == threading.get_ident()
+        torch.set_num_threads(2)
+        with mode():
+            out, (wavelet, spatial) = _branch_threads(model, x)
+        assert spatial == threading.get_ident() != wavelet
+        assert torch.get_num_threads() == 2  # the caller's count is given back
+        torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+        assert not out.requires_grad
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_training_and_autograd_keep_the_branches_on_the_calling_thread():
+    torch.manual_seed(10)
+    model = _tiny()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        for training, grad in [(True, False), (False, True), (True, True)]:
+            with torch.set_grad_enabled(grad):
+                _, (wavelet, spatial) = _branch_threads(model.train(training),
+                                                        torch.randn(2, 1, 16, 16))
+            assert wavelet == spatial == threading.get_ident()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_side_by_side_passes_on_an_error_and_restores_the_thread_count():
+    threads = torch.get_num_threads()
+
+    def fails() -> torch.Tensor:
+        raise RuntimeError("branch failed")
+
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="branch failed"):
+            side_by_side(fails, lambda: torch.zeros(1))
+        with pytest.raises(RuntimeError, match="branch failed"):
+            side_by_side(lambda: torch.zeros(1), fails)
+        assert torch.get_num_threads() == 2
+        first, second = side_by_side(torch.get_num_threads, torch.get_num_threads)
+        assert (first, second) == (1, 1)  # half the threads each
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_eval_is_per_image_and_train_uses_batch_statistics():

@@ -18,7 +18,9 @@ transforms into the branch convolutions and never concatenates (see ``Branch`` a
 
 from __future__ import annotations
 
-from typing import List, Optional
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -116,9 +118,64 @@ class CLGNet(ReferenceCLGNet):
         # channels_last (NHWC) throughout: oneDNN's convolutions are much faster in it on CPU.
         feats = self.net_pre(x).contiguous(memory_format=torch.channels_last)
         blocks = layout.space_to_depth(feats)  # the Down of both branches (see Branch)
-        branches = [self.wavelet_branch(feats, blocks), self.spatial_branch(feats, blocks)]
+        if branches_in_parallel(self, feats):
+            branches = list(side_by_side(lambda: self.wavelet_branch(feats, blocks),
+                                         lambda: self.spatial_branch(feats, blocks)))
+        else:
+            branches = [self.wavelet_branch(feats, blocks), self.spatial_branch(feats, blocks)]
         out = _conv3x3_of_concat(branches, self.net_out.weight, self.net_out.bias)
         return out[..., :h, :w].contiguous()
+
+
+def branches_in_parallel(model: torch.nn.Module, feats: Tensor) -> bool:
+    """Whether ``CLGNet.forward`` runs its two branches side by side (``side_by_side``): at
+    CPU inference (eval mode, no autograd, no autocast, not compiled) with two threads or
+    more. The branches are independent and equal in cost, and the Fourier units' FFTs and
+    the small per-frequency products gain less from a second thread than convolutions do, so
+    two branches on half the threads each finish sooner than one after the other on all of
+    them (BENCHMARKS.md, *Speed*, issue 28, eleventh session). Training keeps one thread
+    of control: autograd's CPU backward runs on one."""
+    return (feats.device.type == "cpu" and not model.training and torch.get_num_threads() > 1
+            and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling())
+
+
+_worker: Optional[ThreadPoolExecutor] = None
+
+
+def _forget_worker() -> None:
+    global _worker
+    _worker = None  # a forked child has no copy of the parent's worker thread
+
+
+os.register_at_fork(after_in_child=_forget_worker)
+
+
+def side_by_side(first: Callable[[], Tensor],
+                 second: Callable[[], Tensor]) -> Tuple[Tensor, Tensor]:
+    """``(first(), second())``, ``first`` on a worker thread with half of torch's intra-op
+    threads and ``second`` on this one with the rest, both without autograd (and in
+    inference mode if this thread is). torch's thread count and grad mode are per thread
+    under OpenMP, so this thread's are restored after and the worker's are its own."""
+    global _worker
+    if _worker is None:
+        _worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clgnet-branch")
+    threads = torch.get_num_threads()
+    inference = torch.is_inference_mode_enabled()
+
+    def on_worker() -> Tensor:
+        torch.set_num_threads(threads // 2)
+        with torch.inference_mode(inference), torch.no_grad():
+            return first()
+
+    pending = _worker.submit(on_worker)
+    torch.set_num_threads(threads - threads // 2)
+    try:
+        result = second()
+    finally:
+        torch.set_num_threads(threads)
+        done = pending.result()  # also when ``second`` failed: the worker is never left busy
+    return done, result
 
 
 def _conv3x3_of_concat(inputs: List[Tensor], weight: Tensor, bias: Optional[Tensor]) -> Tensor:
