@@ -176,6 +176,20 @@ def test_cosine_schedule_ends_at_min_ratio():
     assert cosine_factor(150, 100, 0.01) == pytest.approx(0.01)
 
 
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_fourier_units_train_at_their_own_learning_rate(tiny, scale):
+    model = CLGNetModule(**{**tiny, "lr": 2e-3, "lr_schedule": "constant"},
+                         global_lr_scale=scale)
+    optimizer = model.configure_optimizers()
+    lr_of = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(lr_of)  # each once
+    assert lr_of.keys() == {id(p) for p in model.parameters()}
+    for name, p in model.clgnet.named_parameters():
+        in_unit = ".fourier." in name
+        assert lr_of[id(p)] == pytest.approx(2e-3 * scale if in_unit else 2e-3), name
+    assert len(optimizer.param_groups) == (1 if scale == 1 else 2)
+
+
 def test_test_waits_for_every_rank_to_write_its_reconstructions(
     knee_data, tmp_path, make_trainer, tiny, monkeypatch
 ):

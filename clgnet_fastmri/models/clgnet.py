@@ -101,12 +101,12 @@ class CLGNet(ReferenceCLGNet):
             reads its Fourier unit (1: PyTorch's default, as every other layer; 0: each SFL
             starts as its local path and learns how much global information to add, as a
             zero-initialised residual branch does). Initialisation only: the network, its
-            parameters and state dict are the same for every value. Why it matters: the
-            Fourier unit's BatchNorm gives the spectrum unit variance whatever the input's
-            scale, the orthonormal inverse FFT keeps that energy, and ReLU leaves every
-            coefficient a positive mean, whose inverse is a spike at pixel (0, 0); so at
-            PyTorch's default the global half starts larger than the local one and mostly
-            noise (BENCHMARKS.md, *256 x 256, sixth session*).
+            parameters and state dict are the same for every value. Why one may want it:
+            the Fourier unit's BatchNorm gives the spectrum unit variance whatever the
+            input's scale, and ReLU leaves every coefficient a positive mean, whose inverse
+            FFT is a spike at pixel (0, 0), so at PyTorch's default every SFL starts by
+            adding input-independent structure to its output (measured, with its effect on
+            learning, in BENCHMARKS.md, *256 x 256, sixth session*).
     """
 
     branch = Branch

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from fastmri.data.transforms import UnetSample
@@ -14,7 +14,7 @@ from torch import Tensor
 
 from ..losses import CLGNetLoss, ContrastiveLoss, LossParts, VGG19Features
 from ..losses.contrastive import REDUCTIONS
-from ..models import GLOBAL_MODULES, CLGNet
+from ..models import GLOBAL_MODULES, CLGNet, ReferenceFourierUnit
 from ..settings import MAX_CHANS, Rule, orthogonal_wavelets
 from .batchnorm import has_batchnorm, refresh_batchnorm_statistics
 from .bridge import BridgedUnetModule, Lightning2Bridge
@@ -44,6 +44,8 @@ class CLGNetModule(Lightning2Bridge, MriModule):
             "w/o SFL" one.
         global_init: Initial scale of the SFLs' fuse weights on the Fourier unit's output
             (``CLGNet``); initialisation only, so not among ``NETWORK_HPARAMS``.
+        global_lr_scale: The Fourier units' parameters (their Conv1x1 and BatchNorm) train
+            at ``lr * global_lr_scale``, every other parameter at ``lr``; same schedule.
         alpha: Weight of the contrastive loss; 0 (the default) trains with L1 only ("w/o
             L_CL") and never builds VGG19. Not the paper's 0.05 (``PAPER_ALPHA``): with it a
             step costs about twice as much, for a per-step gain small beside that cost at
@@ -88,6 +90,8 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         "global_init": Rule("initial scale of each SFL's fuse weights on its Fourier unit's "
                             "output (1 = PyTorch's initialisation, 0 = each SFL starts local)",
                             low=0, high=10),
+        "global_lr_scale": Rule("learning rate of the Fourier units' Conv1x1 and BatchNorm as a "
+                                "multiple of --lr", low=0, low_open=True, high=100),
         "alpha": Rule("weight of the contrastive loss; 0 = L1 only, no VGG19 (the paper's "
                       "0.05 doubles a step's time for a small gain per step; see README)",
                       low=0, high=1e3),
@@ -124,6 +128,7 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         wavelet: Optional[str] = "haar",
         global_module: str = "fourier",
         global_init: float = 1.0,
+        global_lr_scale: float = 1.0,
         alpha: float = 0.0,
         k_negatives: int = 6,
         use_negatives: bool = True,
@@ -198,9 +203,25 @@ class CLGNetModule(Lightning2Bridge, MriModule):
         self.log("train_contrastive", parts.contrastive.detach())
         return parts.total
 
+    def parameter_groups(self) -> List[Dict[str, Any]]:
+        """The optimiser's parameter groups: the Fourier units' at ``lr * global_lr_scale``
+        (when that is not 1), then all others at ``lr``."""
+        hp = self.hparams
+        fourier = [] if hp.global_lr_scale == 1 else [
+            p for unit in self.clgnet.modules()
+            if isinstance(unit, ReferenceFourierUnit) and unit.spectral
+            for p in unit.parameters()]
+        chosen = {id(p) for p in fourier}
+        rest = [p for p in self.parameters() if id(p) not in chosen]
+        groups = [{"params": rest}]
+        if fourier:
+            groups.insert(0, {"params": fourier, "lr": hp.lr * hp.global_lr_scale})
+        return groups
+
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        optimizer = torch.optim.Adam(self.parameter_groups(), lr=hp.lr,
+                                     weight_decay=hp.weight_decay)
         if hp.lr_schedule == "constant":
             return optimizer
         if hp.lr_schedule == "step":
