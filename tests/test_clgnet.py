@@ -326,11 +326,18 @@ def test_global_init_scales_only_the_fuse_weights_that_read_the_fourier_unit(fac
         if name in fuses:
             want[:, 4:] *= factor  # input channels [local (C = 4), global]
         torch.testing.assert_close(got[name], want, rtol=0, atol=0, msg=name)
-    if factor == 0:  # the Fourier units start silent but their fuse weights learn at once
+    torch.manual_seed(8)
+    without_ffts = _tiny(global_module="none").state_dict()
+    torch.manual_seed(8)
+    for name, value in _tiny(global_module="none", global_init=factor).state_dict().items():
+        torch.testing.assert_close(value, without_ffts[name], rtol=0, atol=0, msg=name)
+    if factor == 0:  # the Fourier units start silent: no gradient reaches them yet, while
+        # the fuse weights that read them have one (they learn how much to add)
         scaled(torch.randn(2, 1, 16, 16)).square().mean().backward()
-        for name, p in scaled.named_parameters():
-            if name.endswith("fuse.weight"):
-                assert p.grad[:, 4:].abs().sum() > 0, name
+        grads = dict(scaled.named_parameters())
+        assert sum(grads[name].grad[:, 4:].abs().sum() for name in fuses) > 0
+        units = [name for name in grads if ".fourier." in name]
+        assert units and all(not grads[name].grad.any() for name in units)
 
 
 # --- shapes, gradients, modes, precision ----------------------------------------------------

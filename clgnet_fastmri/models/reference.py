@@ -150,14 +150,14 @@ def make_body(chans: int, num_sfrir: int, num_sfrb: int, global_module: str,
 
 
 def scale_global_init(net: nn.Module, factor: float) -> None:
-    """Multiply the weights of every SFL's fuse convolution that read its global half
-    (``fuse.weight[:, C:]``, the Fourier unit's output) by ``factor``; 1 leaves PyTorch's
-    default initialisation, 0 starts each SFL as its local path alone."""
+    """Multiply the weights of every SFL's fuse convolution that read its Fourier unit
+    (``fuse.weight[:, C:]``) by ``factor``; 1 leaves PyTorch's default initialisation, 0
+    starts each SFL as its local path alone. SFLs without the FFTs ("w/o SFL") keep theirs."""
     if factor == 1.0:
         return
     with torch.no_grad():
         for module in net.modules():
-            if isinstance(module, ReferenceSFL):
+            if isinstance(module, ReferenceSFL) and module.fourier.spectral:
                 module.fuse.weight[:, module.local.out_channels:].mul_(factor)
 
 
