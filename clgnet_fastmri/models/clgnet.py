@@ -100,7 +100,8 @@ class CLGNet(ReferenceCLGNet):
         global_init: factor on the initial weights with which each SFL's fuse convolution
             reads its Fourier unit (1: PyTorch's default, as every other layer; 0: each SFL
             starts as its local path and learns how much global information to add, as a
-            zero-initialised residual branch does). Initialisation only: the network, its
+            zero-initialised residual branch does; ``CLGNetModule`` trains with 0).
+            Initialisation only: the network, its
             parameters and state dict are the same for every value. Why one may want it:
             the Fourier unit's BatchNorm gives the spectrum unit variance whatever the
             input's scale, and ReLU leaves every coefficient a positive mean, whose inverse
