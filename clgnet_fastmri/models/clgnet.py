@@ -101,13 +101,12 @@ class CLGNet(ReferenceCLGNet):
             reads its Fourier unit (1: PyTorch's default, as every other layer; 0: each SFL
             starts as its local path and learns how much global information to add, as a
             zero-initialised residual branch does; ``CLGNetModule`` trains with 0).
-            Initialisation only: the network, its
-            parameters and state dict are the same for every value. Why one may want it:
-            the Fourier unit's BatchNorm gives the spectrum unit variance whatever the
-            input's scale, and ReLU leaves every coefficient a positive mean, whose inverse
-            FFT is a spike at pixel (0, 0), so at PyTorch's default every SFL starts by
-            adding input-independent structure to its output (measured, with its effect on
-            learning, in BENCHMARKS.md, *256 x 256, sixth session*).
+            Initialisation only: the network, its parameters and state dict are the same
+            for every value. Why: ReLU leaves every spectral coefficient a positive mean,
+            whose inverse FFT is a spike at pixel (0, 0), and the Conv1x1 is random, so at
+            PyTorch's default every SFL starts by adding that spike and a random spectral
+            map of its input to its output (measured, with the effect on learning, in
+            BENCHMARKS.md, *256 x 256, sixth session*).
     """
 
     branch = Branch
