@@ -32,6 +32,7 @@ import torch
 from fastmri.data.subsample import RandomMaskFunc
 
 from clgnet_fastmri.bench.curves import curve_dataset
+from clgnet_fastmri.checkpoints import load_clgnet
 from clgnet_fastmri.data.transforms import CLGNetDataTransform
 from clgnet_fastmri.models import ReferenceCLGNet, ReferenceFourierUnit, ReferenceSFL
 from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
@@ -42,12 +43,12 @@ def spread(x: torch.Tensor) -> torch.Tensor:
 
 
 def load(source: str, global_module: str) -> ReferenceCLGNet:
+    """The network in its reference form, whose BatchNorm layers run as modules (hooks see
+    their input); a checkpoint is read and checked by ``checkpoints.load_clgnet``."""
     torch.manual_seed(0)
     net = ReferenceCLGNet(global_module=global_module)
     if source != "init":
-        state = torch.load(source, weights_only=True, map_location="cpu")["state_dict"]
-        net.load_state_dict({k[len("clgnet."):]: v for k, v in state.items()
-                             if k.startswith("clgnet.")})
+        net.load_state_dict(load_clgnet(source).state_dict())
     return net
 
 
