@@ -20,6 +20,7 @@ from clgnet_fastmri.bench.curves import (
     read_at,
     summarize,
 )
+from clgnet_fastmri.checkpoints import load_recorded
 from clgnet_fastmri.cli import main
 
 TINY = ["unet:chans=4,num_pool_layers=2", "clgnet:chans=4,num_sfrir=1,num_sfrb=1"]
@@ -96,6 +97,12 @@ def test_curves_write_json_and_plot_and_skip_finished_runs(knee_data, tmp_path, 
         assert all(0 < p["ssim"] <= 1 and p["psnr"] > 0 for p in run["points"])
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(report["summary"]) == 2
+    for label, run in report["runs"].items():
+        # Each run's checkpoint says what it is, so predict and evaluate can load it.
+        module, record = load_recorded(out / label / "last.ckpt")
+        assert (record["model_kind"], record["challenge"]) == (run["model"], "singlecoil")
+        assert type(module).__name__ == {"unet": "BridgedUnetModule",
+                                         "clgnet": "CLGNetModule"}[run["model"]]
 
     capsys.readouterr()
     assert main(_args(knee_data, out)) == 0  # everything finished: nothing retrained

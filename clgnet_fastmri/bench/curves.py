@@ -52,14 +52,14 @@ from fastmri.data.subsample import RandomMaskFunc
 from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
 
-from ..checkpoints import AtomicCheckpointIO, read_checkpoint
+from ..checkpoints import AtomicCheckpointIO, RecordRun, read_checkpoint
 from ..data.fastmri_layout import ANATOMIES
 from ..data.transforms import CLGNetDataTransform
 from ..errors import UserError
 from ..files import ensure_writable_dir, write_json, write_png
 from ..models.registry import UNET, VARIANTS
 from ..pl_modules.data_module import CLGNetDataModule
-from ..training import build_module, cached_dataset
+from ..training import build_module, cached_dataset, resolve_vgg
 from .quality import add_training_arguments, parse_spec, run_config, run_name
 
 DEFAULT_MODELS = ("unet", "clgnet", "with-cl", "no-sfl")
@@ -327,7 +327,9 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
         batch_size=args.batch_size, num_workers=0,
     )
     quality_args = argparse.Namespace(**vars(args), num_workers=0)
-    module = build_module(run_config(name, overrides, data_path, quality_args, root))
+    config = run_config(name, overrides, data_path, quality_args, root)
+    vgg = resolve_vgg(config)
+    module = build_module(config, vgg)
     resume = root / "last.ckpt"
     if resume.is_file():
         check_same_recipe(resume, module)
@@ -347,7 +349,8 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
         val_check_interval=args.eval_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
-        use_distributed_sampler=False, callbacks=[recorder], plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False, callbacks=[recorder, RecordRun(config.kind, config.challenge,
+                                        None if vgg is None else vgg.record)], plugins=[AtomicCheckpointIO()],
     )
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None,
