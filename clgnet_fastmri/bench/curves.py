@@ -309,6 +309,21 @@ def plateaued(points: Sequence[Dict[str, float]], plateau_db: float, min_steps: 
     return max(p["psnr"] for p in points) - max(before) < plateau_db
 
 
+def curve_data_module(data_path: Path, challenge: str, center_fraction: float,
+                      acceleration: int, seed: int, batch_size: int) -> CLGNetDataModule:
+    """The data of a curve run: training slices under a new random mask each time they are
+    drawn (a sequence fixed by ``seed``), validation slices under the mask their file name
+    seeds, the same at every evaluation and for every model."""
+    mask = RandomMaskFunc([center_fraction], [acceleration], seed=seed)
+    return CLGNetDataModule(
+        data_path=data_path, challenge=challenge,
+        train_transform=CLGNetDataTransform(challenge, mask, use_seed=False),
+        val_transform=CLGNetDataTransform(challenge, mask),
+        test_transform=CLGNetDataTransform(challenge, mask),
+        batch_size=batch_size, num_workers=0,
+    )
+
+
 def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Path,
                 args: argparse.Namespace,
                 publish: Callable[[Dict[str, Any]], None]) -> Dict[str, Any]:
@@ -318,14 +333,8 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
     """
     label = run_name(name, overrides)
     pl.seed_everything(args.seed, workers=True)
-    mask = RandomMaskFunc([args.center_fraction], [args.acceleration], seed=args.seed)
-    data = CLGNetDataModule(
-        data_path=data_path, challenge=args.challenge,
-        train_transform=CLGNetDataTransform(args.challenge, mask, use_seed=False),
-        val_transform=CLGNetDataTransform(args.challenge, mask),
-        test_transform=CLGNetDataTransform(args.challenge, mask),
-        batch_size=args.batch_size, num_workers=0,
-    )
+    data = curve_data_module(data_path, args.challenge, args.center_fraction, args.acceleration,
+                             args.seed, args.batch_size)
     quality_args = argparse.Namespace(**vars(args), num_workers=0)
     config = run_config(name, overrides, data_path, quality_args, root)
     vgg = resolve_vgg(config)
@@ -349,8 +358,9 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
         val_check_interval=args.eval_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
-        use_distributed_sampler=False, callbacks=[recorder, RecordRun(config.kind, config.challenge,
-                                        None if vgg is None else vgg.record)], plugins=[AtomicCheckpointIO()],
+        use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
+        callbacks=[recorder, RecordRun(config.kind, config.challenge,
+                                       None if vgg is None else vgg.record)],
     )
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None,

@@ -29,11 +29,9 @@ import copy
 from typing import Dict, List
 
 import torch
-from fastmri.data.subsample import RandomMaskFunc
 
-from clgnet_fastmri.bench.curves import curve_dataset
+from clgnet_fastmri.bench.curves import curve_data_module, curve_dataset
 from clgnet_fastmri.checkpoints import load_clgnet
-from clgnet_fastmri.data.transforms import CLGNetDataTransform
 from clgnet_fastmri.models import ReferenceCLGNet, ReferenceFourierUnit, ReferenceSFL
 from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
 
@@ -95,12 +93,8 @@ def main() -> None:
     parser.add_argument("--global-module", default="fourier", choices=("fourier", "none"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    mask = RandomMaskFunc([0.08], [4], seed=42)
-    transform = CLGNetDataTransform("singlecoil", mask)
-    data = CLGNetDataModule(data_path=curve_dataset(args.anatomy, "singlecoil", 256),
-                            challenge="singlecoil", train_transform=transform,
-                            val_transform=transform, test_transform=transform, batch_size=4,
-                            num_workers=0)
+    data = curve_data_module(curve_dataset(args.anatomy, "singlecoil", 256), "singlecoil",
+                             center_fraction=0.08, acceleration=4, seed=42, batch_size=4)
     data.setup("fit")
     for source in args.networks:
         found = probe(load(source, args.global_module), data)
