@@ -309,19 +309,29 @@ def plateaued(points: Sequence[Dict[str, float]], plateau_db: float, min_steps: 
     return max(p["psnr"] for p in points) - max(before) < plateau_db
 
 
-def curve_data_module(data_path: Path, challenge: str, center_fraction: float,
-                      acceleration: int, seed: int, batch_size: int) -> CLGNetDataModule:
+def curve_data_module(data_path: Path, args: argparse.Namespace) -> CLGNetDataModule:
     """The data of a curve run: training slices under a new random mask each time they are
-    drawn (a sequence fixed by ``seed``), validation slices under the mask their file name
+    drawn (a sequence fixed by ``--seed``), validation slices under the mask their file name
     seeds, the same at every evaluation and for every model."""
-    mask = RandomMaskFunc([center_fraction], [acceleration], seed=seed)
+    mask = RandomMaskFunc([args.center_fraction], [args.acceleration], seed=args.seed)
     return CLGNetDataModule(
-        data_path=data_path, challenge=challenge,
-        train_transform=CLGNetDataTransform(challenge, mask, use_seed=False),
-        val_transform=CLGNetDataTransform(challenge, mask),
-        test_transform=CLGNetDataTransform(challenge, mask),
-        batch_size=batch_size, num_workers=0,
+        data_path=data_path, challenge=args.challenge,
+        train_transform=CLGNetDataTransform(args.challenge, mask, use_seed=False),
+        val_transform=CLGNetDataTransform(args.challenge, mask),
+        test_transform=CLGNetDataTransform(args.challenge, mask),
+        batch_size=args.batch_size, num_workers=0,
     )
+
+
+def built_in_curve_data(anatomy: str, size: int) -> CLGNetDataModule:
+    """The data of ``bench curves --anatomy ANATOMY --size SIZE`` at the command's other
+    defaults, set up: what a probe of those runs' checkpoints reads."""
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--anatomy", anatomy, "--size", str(size)])
+    data = curve_data_module(curve_dataset(anatomy, args.challenge, size), args)
+    data.setup("fit")
+    return data
 
 
 def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Path,
@@ -333,8 +343,7 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
     """
     label = run_name(name, overrides)
     pl.seed_everything(args.seed, workers=True)
-    data = curve_data_module(data_path, args.challenge, args.center_fraction, args.acceleration,
-                             args.seed, args.batch_size)
+    data = curve_data_module(data_path, args)
     quality_args = argparse.Namespace(**vars(args), num_workers=0)
     config = run_config(name, overrides, data_path, quality_args, root)
     vgg = resolve_vgg(config)

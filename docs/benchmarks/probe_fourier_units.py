@@ -30,7 +30,7 @@ from typing import Dict, List
 
 import torch
 
-from clgnet_fastmri.bench.curves import curve_data_module, curve_dataset
+from clgnet_fastmri.bench.curves import built_in_curve_data
 from clgnet_fastmri.checkpoints import load_clgnet
 from clgnet_fastmri.models import ReferenceCLGNet, ReferenceFourierUnit, ReferenceSFL
 from clgnet_fastmri.pl_modules.data_module import CLGNetDataModule
@@ -93,9 +93,7 @@ def main() -> None:
     parser.add_argument("--global-module", default="fourier", choices=("fourier", "none"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = curve_data_module(curve_dataset(args.anatomy, "singlecoil", 256), "singlecoil",
-                             center_fraction=0.08, acceleration=4, seed=42, batch_size=4)
-    data.setup("fit")
+    data = built_in_curve_data(args.anatomy, 256)
     for source in args.networks:
         found = probe(load(source, args.global_module), data)
         text = ", ".join(f"{name} {torch.tensor(v).median():.3f} [{min(v):.3f}, {max(v):.3f}]"

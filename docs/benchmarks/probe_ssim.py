@@ -33,7 +33,7 @@ import torch
 from fastmri import evaluate
 from skimage.metrics import structural_similarity
 
-from clgnet_fastmri.bench.curves import curve_data_module, curve_dataset
+from clgnet_fastmri.bench.curves import built_in_curve_data
 from clgnet_fastmri.checkpoints import module_from_checkpoint, read_checkpoint
 
 #: Half of ``fastmri.evaluate.ssim``'s 7-pixel window: the border skimage's mean leaves out.
@@ -84,9 +84,7 @@ def main() -> None:
     parser.add_argument("--anatomy", choices=("knee", "brain"), default="brain")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    data = curve_data_module(curve_dataset(args.anatomy, "singlecoil", 256), "singlecoil",
-                             center_fraction=0.08, acceleration=4, seed=42, batch_size=4)
-    data.setup("fit")
+    data = built_in_curve_data(args.anatomy, 256)
     for spec in args.networks:
         kind, _, path = spec.partition("=")
         module = module_from_checkpoint(path, read_checkpoint(path), {"model_kind": kind})
