@@ -179,6 +179,12 @@ def resolve_vgg(config: TrainConfig) -> Optional[VGG19Weights]:
     return resolve_vgg19_weights(config.model_args["vgg_weights"])
 
 
+def record_run(config: TrainConfig, vgg: Optional[VGG19Weights] = None) -> RecordRun:
+    """The callback that writes into each checkpoint what the run trained: its model kind,
+    challenge and, with a contrastive loss, the VGG19 weights (``resolve_vgg(config)``)."""
+    return RecordRun(config.kind, config.challenge, None if vgg is None else vgg.record)
+
+
 def build_trainer(config: TrainConfig, vgg: Optional[VGG19Weights] = None) -> pl.Trainer:
     """The run's Lightning trainer: best (by SSIM) and last checkpoints recording what they
     were trained as, the divergence guard, the logger, the trainer options."""
@@ -193,7 +199,7 @@ def build_trainer(config: TrainConfig, vgg: Optional[VGG19Weights] = None) -> pl
             save_last=True,
             every_n_train_steps=config.checkpoint_every_n_steps,
         ),
-        RecordRun(config.kind, config.challenge, None if vgg is None else vgg.record),
+        record_run(config, vgg),
         DivergenceGuard(),
     ]
     optional = {

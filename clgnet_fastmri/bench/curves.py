@@ -52,14 +52,14 @@ from fastmri.data.subsample import RandomMaskFunc
 from pytorch_lightning.callbacks import Callback
 from tqdm import tqdm
 
-from ..checkpoints import AtomicCheckpointIO, RecordRun, read_checkpoint
+from ..checkpoints import AtomicCheckpointIO, read_checkpoint
 from ..data.fastmri_layout import ANATOMIES
 from ..data.transforms import CLGNetDataTransform
 from ..errors import UserError
 from ..files import ensure_writable_dir, write_json, write_png
 from ..models.registry import UNET, VARIANTS
 from ..pl_modules.data_module import CLGNetDataModule
-from ..training import build_module, cached_dataset, resolve_vgg
+from ..training import build_module, cached_dataset, record_run, resolve_vgg
 from .quality import add_training_arguments, parse_spec, run_config, run_name
 
 DEFAULT_MODELS = ("unet", "clgnet", "with-cl", "no-sfl")
@@ -368,8 +368,7 @@ def train_curve(name: str, overrides: Dict[str, Any], data_path: Path, root: Pat
         num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
         use_distributed_sampler=False, plugins=[AtomicCheckpointIO()],
-        callbacks=[recorder, RecordRun(config.kind, config.challenge,
-                                       None if vgg is None else vgg.record)],
+        callbacks=[recorder, record_run(config, vgg)],
     )
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume.is_file() else None,

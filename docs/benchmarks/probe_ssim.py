@@ -67,10 +67,10 @@ def probe(volumes: Dict[str, Dict[str, Any]]) -> Dict[str, float]:
         for out, tgt in zip(output, target):
             _, ssim_map = structural_similarity(tgt, out, data_range=peak, full=True)
             anatomy = tgt > 0.05 * target.max()
-            background = ~anatomy[inner]
-            found["ssim fg"].append(ssim_map[inner][~background].mean())
-            found["ssim bg"].append(ssim_map[inner][background].mean())
-            found["bg share"].append(background.mean())
+            scored, inside = ssim_map[inner], anatomy[inner]
+            found["ssim fg"].append(scored[inside].mean())
+            found["ssim bg"].append(scored[~inside].mean())
+            found["bg share"].append(1.0 - inside.mean())
             found["bg bias"].append((out - tgt)[~anatomy].mean() / peak)
         for name, values in found.items():
             per_volume[name].append(float(np.mean(values)))
